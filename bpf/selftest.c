@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* selftest: runs select_backend, the heart of connect/sendmsg, from a
+ * SEC("syscall") program, because BPF_PROG_TEST_RUN does not run sock_addr
+ * programs. Only the tests load it. */
+#include "sockmesh.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+struct select_args {
+	/* in */
+	struct svc_key key;
+	__u32 entropy;
+	/* out */
+	__u32 result; /* enum select_result */
+	__u32 svc_id;
+	__u32 backend_id;
+	struct backend backend;
+};
+
+SEC("syscall")
+int sm_select(struct select_args *args)
+{
+	struct svc_key key = args->key;
+	struct backend be = {};
+	__u32 svc_id = 0, backend_id = 0;
+
+	args->result = select_backend(&key, args->entropy, &be, &svc_id,
+				      &backend_id);
+	args->svc_id = svc_id;
+	args->backend_id = backend_id;
+	args->backend = be;
+	return 0;
+}

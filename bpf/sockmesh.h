@@ -1,0 +1,469 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * sockmesh.h: the maps, structs and inline translate functions shared by
+ * every cgroup sock_addr program of sockmesh. Each program file includes this
+ * header, so all programs agree on one set of maps; the loader pins them by
+ * name and every object reuses the same pinned maps.
+ *
+ * Addresses: every address in a map is 16 bytes in network byte order. IPv4
+ * addresses are stored v4-mapped (::ffff:a.b.c.d), so an AF_INET6 socket
+ * dialling ::ffff:198.18.0.10 finds the IPv4 service with no extra lookup, and
+ * reverse lookups work across families for free.
+ *
+ * Service map layout (Cilium's socket LB, with one change): a service is
+ * (VIP, port, proto). Slot 0 is the master entry: service id, slot count,
+ * region base and flags. Slots base+1 .. base+count hold backend ids; a
+ * backend weighs as many slots as its weight. The control plane writes a new
+ * slot set into the region the master does not point at, then flips the
+ * master in one update, then deletes the old region: a reader sees either the
+ * old or the new slot set, never a mix of both.
+ */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define ECONNREFUSED 111
+
+/* Base of the second slot region; the first starts at 0. */
+#define SLOT_REGION 0x10000
+
+/* Master flags. */
+#define SVC_F_LOCAL_NAME (1U << 0) /* getsockname of a backend shows the VIP */
+
+/* How often the selection re-reads a master whose slot or backend vanished
+ * under it (the control plane deleted an old region right after a flip). */
+#define SELECT_ATTEMPTS 3
+
+/* Outcome of a forward lookup. */
+enum select_result {
+	SELECT_MISS = 0,   /* not a VIP: leave the syscall alone */
+	SELECT_OK = 1,     /* *out holds the chosen backend */
+	SELECT_REFUSE = 2, /* a VIP without (readable) backends: ECONNREFUSED */
+};
+
+struct svc_key {
+	__u32 addr[4]; /* VIP, network byte order, IPv4 v4-mapped */
+	__u16 port;    /* network byte order */
+	__u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;
+	__u32 slot; /* 0: master; base+1 .. base+count: backend slots */
+};
+
+struct svc_value {
+	__u32 id;    /* master: service id; slot: backend id */
+	__u32 count; /* master: number of slots; 0 refuses connections */
+	__u32 base;  /* master: 0 or SLOT_REGION */
+	__u32 flags; /* master: SVC_F_* */
+};
+
+struct backend {
+	__u32 addr[4]; /* network byte order, IPv4 v4-mapped */
+	__u16 port;    /* network byte order */
+	__u8 family;   /* AF_INET or AF_INET6 */
+	__u8 pad;
+	__u32 svc_id; /* the service this backend belongs to */
+};
+
+/* Per-CPU counters, one entry per service id and per backend id. */
+struct counters {
+	__u64 translations; /* rewrites done (connects, datagrams) */
+	__u64 refused;      /* connects/sends refused: no backend */
+};
+
+/* What a reverse translation restores: the VIP the application asked for,
+ * plus the backend it was sent to, so a read can check it is the same. */
+struct rev_value {
+	__u32 vip[4];
+	__u16 vip_port;
+	__u8 proto;
+	__u8 pad;
+	__u32 backend[4];
+	__u16 backend_port;
+	__u16 pad2;
+};
+
+/* Reverse key for unconnected UDP: one socket may talk to many VIPs. */
+struct rev_key {
+	__u64 cookie;
+	__u32 backend[4];
+	__u16 backend_port;
+	__u16 pad;
+	__u32 pad2;
+};
+
+/* getsockname opt-in: a backend's local address -> its service's VIP. */
+struct local_key {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct local_value {
+	__u32 vip[4];
+	__u16 vip_port;
+	__u16 pad;
+};
+
+/* Map sizes here are defaults; the loader may resize them. Maps the control
+ * plane fills are not preallocated, so memory follows the services loaded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 262144);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+} sm_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, struct backend);
+} sm_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 524288);
+	__type(key, __u32);
+	__type(value, struct counters);
+} sm_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct local_key);
+	__type(value, struct local_value);
+} sm_local_names SEC(".maps");
+
+/* Unconnected UDP reverse entries. The kernel never deletes these (the key
+ * holds a socket cookie), so the map is an LRU: stale entries age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct rev_key);
+	__type(value, struct rev_value);
+} sm_rev_udp SEC(".maps");
+
+/* Connected sockets (TCP, connected UDP): one reverse entry per socket that
+ * dies with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct rev_value);
+} sm_rev_sock SEC(".maps");
+
+/* Keeps the compiler from merging or reordering ctx loads. */
+#define barrier() asm volatile("" ::: "memory")
+
+/* read_user_addr fills addr from the syscall's address, v4-mapped for IPv4.
+ *
+ * Verifier: user_ip6[] must be read one 4-byte word at a time straight off
+ * ctx. Newer clang turns a loop over ctx->user_ip6[i] into arithmetic on the
+ * ctx pointer, which the verifier rejects ("dereference of modified ctx
+ * ptr"); the barriers keep each load a separate ctx access. */
+static __always_inline void read_user_addr(struct bpf_sock_addr *ctx, int v6,
+					   __u32 addr[4])
+{
+	if (!v6) {
+		addr[0] = 0;
+		addr[1] = 0;
+		addr[2] = bpf_htonl(0x0000ffff);
+		addr[3] = ctx->user_ip4;
+		return;
+	}
+	addr[0] = ctx->user_ip6[0];
+	barrier();
+	addr[1] = ctx->user_ip6[1];
+	barrier();
+	addr[2] = ctx->user_ip6[2];
+	barrier();
+	addr[3] = ctx->user_ip6[3];
+}
+
+/* write_user_addr stores addr:port into the syscall's address.
+ *
+ * Verifier: user_port must be written as a full 4-byte store (a 2-byte store
+ * is rejected with "invalid bpf_context access"), and user_ip6 one word at a
+ * time for the same reason as above. */
+static __always_inline void write_user_addr(struct bpf_sock_addr *ctx, int v6,
+					    const __u32 addr[4], __u16 port)
+{
+	if (!v6) {
+		ctx->user_ip4 = addr[3];
+	} else {
+		ctx->user_ip6[0] = addr[0];
+		barrier();
+		ctx->user_ip6[1] = addr[1];
+		barrier();
+		ctx->user_ip6[2] = addr[2];
+		barrier();
+		ctx->user_ip6[3] = addr[3];
+	}
+	ctx->user_port = (__u32)port;
+}
+
+/* user_port is a u32 holding the big-endian port in its first two bytes. */
+static __always_inline __u16 read_user_port(struct bpf_sock_addr *ctx)
+{
+	return (__u16)ctx->user_port;
+}
+
+static __always_inline int addr_eq(const __u32 a[4], const __u32 b[4])
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+}
+
+static __always_inline void addr_copy(__u32 dst[4], const __u32 src[4])
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+}
+
+static __always_inline int is_v4_mapped(const __u32 a[4])
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline void count_translation(__u32 id)
+{
+	struct counters *c = bpf_map_lookup_elem(&sm_counters, &id);
+	if (c)
+		c->translations++; /* per-CPU value: no atomics needed */
+}
+
+static __always_inline void count_refusal(__u32 id)
+{
+	struct counters *c = bpf_map_lookup_elem(&sm_counters, &id);
+	if (c)
+		c->refused++;
+}
+
+/* select_backend looks key up as a service and, on a hit, picks the backend
+ * in slot entropy*count/2^32 (a multiply-shift instead of a modulo: no
+ * division, no bias worth naming). key->slot is clobbered.
+ *
+ * A slot or backend can vanish between reading the master and reading it
+ * (the control plane deletes an old region right after flipping the
+ * master), so a miss there re-reads the master, a bounded number of times. */
+static __always_inline enum select_result
+select_backend(struct svc_key *key, __u32 entropy, struct backend *out,
+	       __u32 *svc_id, __u32 *backend_id)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < SELECT_ATTEMPTS; i++) {
+		struct svc_value *master, *slot;
+		struct backend *be;
+		__u32 count, base;
+
+		key->slot = 0;
+		master = bpf_map_lookup_elem(&sm_services, key);
+		if (!master)
+			return SELECT_MISS;
+		*svc_id = master->id;
+		count = master->count;
+		base = master->base;
+		if (count == 0)
+			return SELECT_REFUSE;
+
+		key->slot = base + 1 + (__u32)(((__u64)entropy * count) >> 32);
+		slot = bpf_map_lookup_elem(&sm_services, key);
+		if (!slot)
+			continue;
+		*backend_id = slot->id;
+		be = bpf_map_lookup_elem(&sm_backends, backend_id);
+		if (!be)
+			continue;
+		*out = *be;
+		return SELECT_OK;
+	}
+	return SELECT_REFUSE;
+}
+
+/* socket_entropy is a per-socket stable random-looking value: UDP sockets
+ * send every datagram to the same backend while the backend set holds. */
+static __always_inline __u32 socket_entropy(__u64 cookie)
+{
+	return (__u32)((cookie * 0x9E3779B97F4A7C15ULL) >> 32);
+}
+
+static __always_inline void fill_rev(struct rev_value *rev,
+				     const struct svc_key *key,
+				     const struct backend *be)
+{
+	addr_copy(rev->vip, key->addr);
+	rev->vip_port = key->port;
+	rev->proto = key->proto;
+	rev->pad = 0;
+	addr_copy(rev->backend, be->addr);
+	rev->backend_port = be->port;
+	rev->pad2 = 0;
+}
+
+/* service_exists re-checks, on every reverse read, that the VIP still names
+ * a service: a removed service stops being translated back. */
+static __always_inline int service_exists(const struct rev_value *rev)
+{
+	struct svc_key key = {};
+
+	addr_copy(key.addr, rev->vip);
+	key.port = rev->vip_port;
+	key.proto = rev->proto;
+	return bpf_map_lookup_elem(&sm_services, &key) != NULL;
+}
+
+/* Where forward translation is called from. */
+enum hook {
+	HOOK_CONNECT = 0, /* TCP, connected UDP: reverse entry on the socket */
+	HOOK_SENDMSG = 1, /* unconnected UDP: reverse entry keyed by cookie */
+};
+
+/* translate_forward is connect4/6 and sendmsg4/6: a VIP hit rewrites the
+ * destination to a backend and records how to translate back. Returns the
+ * program's verdict (1: go on; 0 with retval set: fail the syscall). */
+static __always_inline int translate_forward(struct bpf_sock_addr *ctx,
+					     int v6, enum hook hook)
+{
+	struct svc_key key = {};
+	struct backend be;
+	__u32 svc_id = 0, backend_id = 0, entropy;
+	__u32 proto = ctx->protocol;
+	enum select_result res;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	read_user_addr(ctx, v6, key.addr);
+	key.port = read_user_port(ctx);
+	key.proto = (__u8)proto;
+
+	if (proto == IPPROTO_TCP)
+		entropy = bpf_get_prandom_u32();
+	else
+		entropy = socket_entropy(bpf_get_socket_cookie(ctx));
+
+	res = select_backend(&key, entropy, &be, &svc_id, &backend_id);
+	if (res == SELECT_MISS)
+		return 1;
+	/* An AF_INET socket cannot reach an IPv6 backend; the control plane
+	 * never gives an IPv4 VIP one, but the program does not rely on it. */
+	if (res == SELECT_OK && !v6 && be.family != AF_INET)
+		res = SELECT_REFUSE;
+	if (res == SELECT_REFUSE) {
+		count_refusal(svc_id);
+		bpf_set_retval(-ECONNREFUSED);
+		return 0;
+	}
+
+	key.slot = 0;
+	if (hook == HOOK_CONNECT) {
+		struct rev_value *rev;
+
+		rev = bpf_sk_storage_get(&sm_rev_sock, ctx->sk, 0,
+					 BPF_SK_STORAGE_GET_F_CREATE);
+		if (rev)
+			fill_rev(rev, &key, &be);
+	} else {
+		struct rev_key rk = {};
+		struct rev_value rv, *old;
+
+		rk.cookie = bpf_get_socket_cookie(ctx);
+		addr_copy(rk.backend, be.addr);
+		rk.backend_port = be.port;
+		fill_rev(&rv, &key, &be);
+		/* Most datagrams repeat the last one's entry: skip the write. */
+		old = bpf_map_lookup_elem(&sm_rev_udp, &rk);
+		if (!old || !addr_eq(old->vip, rv.vip) ||
+		    old->vip_port != rv.vip_port || old->proto != rv.proto)
+			bpf_map_update_elem(&sm_rev_udp, &rk, &rv, BPF_ANY);
+	}
+
+	write_user_addr(ctx, v6, be.addr, be.port);
+	count_translation(svc_id);
+	count_translation(backend_id);
+	return 1;
+}
+
+/* reverse_lookup finds the VIP a reply from addr:port stands for, for
+ * recvmsg (unconnected entries first, then the socket's own) and
+ * getpeername (the socket's own only). */
+static __always_inline struct rev_value *
+reverse_lookup(struct bpf_sock_addr *ctx, const __u32 addr[4], __u16 port,
+	       int unconnected)
+{
+	struct rev_value *rev;
+
+	if (unconnected) {
+		struct rev_key rk = {};
+
+		rk.cookie = bpf_get_socket_cookie(ctx);
+		addr_copy(rk.backend, addr);
+		rk.backend_port = port;
+		rev = bpf_map_lookup_elem(&sm_rev_udp, &rk);
+		if (rev)
+			return rev;
+	}
+	rev = bpf_sk_storage_get(&sm_rev_sock, ctx->sk, 0, 0);
+	/* The socket may have been re-connected elsewhere since: only the
+	 * backend it was sent to is translated. */
+	if (rev && rev->backend_port == port && addr_eq(rev->backend, addr))
+		return rev;
+	return NULL;
+}
+
+/* translate_reverse is recvmsg4/6 and getpeername4/6: a peer that is a
+ * backend this socket was sent to shows as the VIP. Always returns 1 (the
+ * only verdict these hooks allow). */
+static __always_inline int translate_reverse(struct bpf_sock_addr *ctx, int v6,
+					     int unconnected)
+{
+	__u32 addr[4];
+	__u16 port;
+	struct rev_value *rev;
+
+	read_user_addr(ctx, v6, addr);
+	port = read_user_port(ctx);
+	rev = reverse_lookup(ctx, addr, port, unconnected);
+	if (!rev || !service_exists(rev))
+		return 1;
+	/* An AF_INET socket can only be shown an IPv4 VIP. */
+	if (!v6 && !is_v4_mapped(rev->vip))
+		return 1;
+	write_user_addr(ctx, v6, rev->vip, rev->vip_port);
+	return 1;
+}
+
+/* translate_local_name is getsockname4/6 for services that opt in: a socket
+ * bound to a backend address shows the service's VIP as its own. */
+static __always_inline int translate_local_name(struct bpf_sock_addr *ctx,
+						int v6)
+{
+	struct local_key key = {};
+	struct local_value *val;
+	__u32 proto = ctx->protocol;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	read_user_addr(ctx, v6, key.addr);
+	key.port = read_user_port(ctx);
+	key.proto = (__u8)proto;
+	val = bpf_map_lookup_elem(&sm_local_names, &key);
+	if (!val)
+		return 1;
+	if (!v6 && !is_v4_mapped(val->vip))
+		return 1;
+	write_user_addr(ctx, v6, val->vip, val->vip_port);
+	return 1;
+}

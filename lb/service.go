@@ -1,0 +1,232 @@
+// Package lb programs the sockmesh datapath: it loads the cgroup socket
+// programs, attaches them to a cgroup v2, pins everything under bpffs so
+// traffic keeps flowing without a running process, and converges the
+// service and backend maps to a desired set with Apply.
+package lb
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Proto is a transport protocol a service listens on.
+type Proto uint8
+
+// The protocols a service can use (IANA protocol numbers).
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// ParseProto parses "tcp" or "udp".
+func ParseProto(s string) (Proto, error) {
+	switch strings.ToLower(s) {
+	case "tcp":
+		return TCP, nil
+	case "udp":
+		return UDP, nil
+	}
+	return 0, fmt.Errorf("parse protocol %q: want tcp or udp", s)
+}
+
+// ServiceKey names a service in the datapath: what a client dials.
+type ServiceKey struct {
+	VIP   netip.Addr
+	Port  uint16
+	Proto Proto
+}
+
+func (k ServiceKey) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.VIP, k.Port), k.Proto)
+}
+
+func (k ServiceKey) compare(o ServiceKey) int {
+	if c := k.VIP.Compare(o.VIP); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(k.Port, o.Port); c != 0 {
+		return c
+	}
+	return cmp.Compare(k.Proto, o.Proto)
+}
+
+// Backend is one destination of a service.
+type Backend struct {
+	Addr netip.AddrPort
+	// Weight is the backend's share relative to the others; 0 means 1.
+	Weight uint16
+}
+
+func (b Backend) weight() uint32 {
+	if b.Weight == 0 {
+		return 1
+	}
+	return uint32(b.Weight)
+}
+
+// Service is one (VIP, port, protocol) and the backends behind it. A service
+// with no backends refuses connections (ECONNREFUSED) without sending a
+// packet.
+type Service struct {
+	Key      ServiceKey
+	Backends []Backend
+	// LocalName makes getsockname on a socket bound to one of the backend
+	// addresses report the VIP instead (for backends that announce their
+	// own address).
+	LocalName bool
+}
+
+// Limits of the datapath maps, checked by Apply before it writes anything.
+const (
+	// MaxSlots is how many slots one service may use: the sum of its
+	// backends' weights after dividing them by their greatest common
+	// divisor. Each slot region spans SLOT_REGION entries.
+	MaxSlots = 0x10000 - 1
+)
+
+// validate checks what the datapath cannot express.
+func (s *Service) validate() error {
+	k := s.Key
+	if !k.VIP.IsValid() || k.VIP.IsUnspecified() || k.VIP.Zone() != "" {
+		return fmt.Errorf("service %s: vip %q is not a usable address", k, k.VIP)
+	}
+	if k.Port == 0 {
+		return fmt.Errorf("service %s: port 0 is not allowed (1-65535)", k)
+	}
+	if k.Proto != TCP && k.Proto != UDP {
+		return fmt.Errorf("service %s: protocol must be tcp or udp", k)
+	}
+	seen := make(map[netip.AddrPort]bool, len(s.Backends))
+	for _, b := range s.Backends {
+		a := b.Addr.Addr()
+		if !a.IsValid() || a.IsUnspecified() || a.Zone() != "" {
+			return fmt.Errorf("service %s: backend %q is not a usable address", k, b.Addr)
+		}
+		if b.Addr.Port() == 0 {
+			return fmt.Errorf("service %s: backend %s has port 0 (1-65535)", k, b.Addr)
+		}
+		// An AF_INET socket dialling an IPv4 VIP cannot be sent to an
+		// IPv6 backend; an IPv6 VIP can reach both (IPv4 as v4-mapped).
+		if k.VIP.Unmap().Is4() && !a.Unmap().Is4() {
+			return fmt.Errorf("service %s: IPv4 VIP cannot have IPv6 backend %s", k, b.Addr)
+		}
+		norm := normalizeAddrPort(b.Addr)
+		if seen[norm] {
+			return fmt.Errorf("service %s: backend %s is listed twice", k, b.Addr)
+		}
+		seen[norm] = true
+	}
+	if n := slotCount(s.Backends); n > MaxSlots {
+		return fmt.Errorf("service %s: backend weights need %d slots, at most %d (lower the weights)", k, n, MaxSlots)
+	}
+	return nil
+}
+
+func normalizeAddrPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func normalizeKey(k ServiceKey) ServiceKey {
+	k.VIP = k.VIP.Unmap()
+	return k
+}
+
+// reducedWeights divides every weight by their greatest common divisor:
+// weights 2,2,4 take the same 4 slots as 1,1,2.
+func reducedWeights(backends []Backend) []uint32 {
+	var g uint32
+	for _, b := range backends {
+		g = gcd(g, b.weight())
+	}
+	out := make([]uint32, len(backends))
+	for i, b := range backends {
+		out[i] = b.weight() / g
+	}
+	return out
+}
+
+func slotCount(backends []Backend) int {
+	n := 0
+	for _, w := range reducedWeights(backends) {
+		n += int(w)
+	}
+	return n
+}
+
+func gcd(a, b uint32) uint32 {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// canonical returns the service with normalized addresses, backends sorted
+// and weights reduced: two services that behave the same compare equal.
+func (s Service) canonical() Service {
+	out := Service{Key: normalizeKey(s.Key), LocalName: s.LocalName}
+	ws := reducedWeights(s.Backends)
+	for i, b := range s.Backends {
+		out.Backends = append(out.Backends, Backend{Addr: normalizeAddrPort(b.Addr), Weight: uint16(ws[i])})
+	}
+	slices.SortFunc(out.Backends, func(a, b Backend) int { return a.Addr.Compare(b.Addr) })
+	return out
+}
+
+func (s Service) equal(o Service) bool {
+	return s.Key == o.Key && s.LocalName == o.LocalName && slices.Equal(s.Backends, o.Backends)
+}
+
+type localNameKey struct {
+	addr  netip.AddrPort
+	proto Proto
+}
+
+// validateSet checks every service and that no key appears twice.
+func validateSet(services []Service) ([]Service, error) {
+	out := make([]Service, 0, len(services))
+	seen := make(map[ServiceKey]bool, len(services))
+	localNames := make(map[localNameKey]ServiceKey)
+	var errs []error
+	for _, s := range services {
+		if err := s.validate(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c := s.canonical()
+		if seen[c.Key] {
+			errs = append(errs, fmt.Errorf("service %s: defined twice", c.Key))
+			continue
+		}
+		seen[c.Key] = true
+		if c.LocalName {
+			for _, b := range c.Backends {
+				lk := localNameKey{b.Addr, c.Key.Proto}
+				if other, ok := localNames[lk]; ok {
+					errs = append(errs, fmt.Errorf("service %s: backend %s/%s already shows service %s to getsockname", c.Key, b.Addr, c.Key.Proto, other))
+					continue
+				}
+				localNames[lk] = c.Key
+			}
+		}
+		out = append(out, c)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b Service) int { return a.Key.compare(b.Key) })
+	return out, nil
+}

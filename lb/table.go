@@ -1,0 +1,111 @@
+package lb
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// Go names for the structs shared with the BPF programs (bpf/sockmesh.h).
+type (
+	svcKey       = connectSvcKey
+	svcValue     = connectSvcValue
+	backendValue = connectBackend
+	counterValue = connectCounters
+	localKey     = connectLocalKey
+	localValue   = connectLocalValue
+	revKey       = connectRevKey
+	revValue     = connectRevValue
+)
+
+// Constants mirrored from bpf/sockmesh.h.
+const (
+	slotRegion     = 0x10000
+	flagLocalName  = 1 << 0
+	afInet         = 2
+	afInet6        = 10
+	metaNextIDSlot = 0
+)
+
+// table is one BPF map as the map writer sees it. The kernel implementation
+// wraps an *ebpf.Map; tests use a fake that can fail on purpose.
+type table[K comparable, V any] interface {
+	Put(K, V) error
+	// Delete removes k; a missing key is not an error.
+	Delete(K) error
+	// All reads every entry (restore, dump).
+	All() (map[K]V, error)
+}
+
+// tables are the maps the writer programs.
+type tables struct {
+	services   table[svcKey, svcValue]
+	backends   table[uint32, backendValue]
+	counters   table[uint32, counterValue]
+	localNames table[localKey, localValue]
+	// meta holds the next id to hand out at key 0, so ids are never reused,
+	// not even across restarts.
+	meta table[uint32, uint64]
+}
+
+type kernelTable[K comparable, V any] struct{ m *ebpf.Map }
+
+func (t kernelTable[K, V]) Put(k K, v V) error { return t.m.Put(k, v) }
+
+func (t kernelTable[K, V]) Delete(k K) error {
+	if err := t.m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+func (t kernelTable[K, V]) All() (map[K]V, error) {
+	out := make(map[K]V)
+	var k K
+	var v V
+	it := t.m.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate %s: %w", t.m, err)
+	}
+	return out, nil
+}
+
+// percpuCounters is the per-CPU counter map: Put writes the value on every
+// CPU, All sums the CPUs.
+type percpuCounters struct {
+	m    *ebpf.Map
+	cpus int
+}
+
+func (t percpuCounters) Put(k uint32, v counterValue) error {
+	vals := make([]counterValue, t.cpus)
+	vals[0] = v
+	return t.m.Put(k, vals)
+}
+
+func (t percpuCounters) Delete(k uint32) error {
+	return kernelTable[uint32, []counterValue]{t.m}.Delete(k)
+}
+
+func (t percpuCounters) All() (map[uint32]counterValue, error) {
+	out := make(map[uint32]counterValue)
+	var k uint32
+	var vals []counterValue
+	it := t.m.Iterate()
+	for it.Next(&k, &vals) {
+		var sum counterValue
+		for _, v := range vals {
+			sum.Translations += v.Translations
+			sum.Refused += v.Refused
+		}
+		out[k] = sum
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate %s: %w", t.m, err)
+	}
+	return out, nil
+}

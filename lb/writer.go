@@ -1,0 +1,579 @@
+package lb
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+)
+
+// ApplyStats says what one Apply changed.
+type ApplyStats struct {
+	Added, Updated, Removed, Unchanged int
+	// Writes counts map updates and deletes; 0 when nothing changed.
+	Writes int
+}
+
+// writer converges the maps to a desired service set. It keeps a mirror of
+// what is in the maps, updated after every successful write, so a failed
+// Apply leaves an exact picture and the next one finishes the job.
+//
+// The order of writes is what keeps a concurrent connect() safe:
+//  1. ids come from a counter persisted before use and are never reused;
+//  2. new backends (and their counters) are written before any slot names
+//     them;
+//  3. the new slot set goes into the region the master does not point at;
+//  4. the master is flipped in one update: count, region and flags at once;
+//  5. only then are the old region's slots deleted, and orphaned backends
+//     last of all.
+//
+// A reader holding an old master may find a slot or backend gone; the
+// programs then re-read the master (select_backend in bpf/sockmesh.h).
+type writer struct {
+	t      tables
+	limits limits
+	nextID uint64
+
+	services map[svcKey]*mirrorService // by master key
+	backends map[uint32]backendValue
+	bySvc    map[uint32]map[uint32]bool // service id -> its backend ids
+	counters map[uint32]bool
+	locals   map[localKey]localValue
+
+	writes int
+}
+
+// limits are the map capacities the writer may fill.
+type limits struct {
+	services, backends, counters, localNames int
+}
+
+type mirrorService struct {
+	master    svcValue
+	hasMaster bool
+	slots     map[uint32]uint32 // slot -> backend id
+}
+
+func (ms *mirrorService) active(slot uint32) bool {
+	return ms.hasMaster && slot > ms.master.Base && slot <= ms.master.Base+ms.master.Count
+}
+
+// newWriter restores the mirror from the maps.
+func newWriter(t tables, lim limits) (*writer, error) {
+	w := &writer{
+		t:        t,
+		limits:   lim,
+		services: make(map[svcKey]*mirrorService),
+		backends: make(map[uint32]backendValue),
+		bySvc:    make(map[uint32]map[uint32]bool),
+		counters: make(map[uint32]bool),
+	}
+	svcs, err := t.services.All()
+	if err != nil {
+		return nil, fmt.Errorf("read services: %w", err)
+	}
+	for k, v := range svcs {
+		ms := w.service(k)
+		if k.Slot == 0 {
+			ms.master, ms.hasMaster = v, true
+		} else {
+			ms.slots[k.Slot] = v.Id
+		}
+	}
+	if w.backends, err = t.backends.All(); err != nil {
+		return nil, fmt.Errorf("read backends: %w", err)
+	}
+	for id, b := range w.backends {
+		w.addBySvc(b.SvcId, id)
+	}
+	counters, err := t.counters.All()
+	if err != nil {
+		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	for id := range counters {
+		w.counters[id] = true
+	}
+	if w.locals, err = t.localNames.All(); err != nil {
+		return nil, fmt.Errorf("read local names: %w", err)
+	}
+	meta, err := t.meta.All()
+	if err != nil {
+		return nil, fmt.Errorf("read meta: %w", err)
+	}
+	w.nextID = max(meta[metaNextIDSlot], 1)
+	// Never hand out an id the maps still hold, whatever meta says.
+	for id := range w.counters {
+		w.nextID = max(w.nextID, uint64(id)+1)
+	}
+	for id := range w.backends {
+		w.nextID = max(w.nextID, uint64(id)+1)
+	}
+	return w, nil
+}
+
+func (w *writer) service(master svcKey) *mirrorService {
+	master.Slot = 0
+	ms := w.services[master]
+	if ms == nil {
+		ms = &mirrorService{slots: make(map[uint32]uint32)}
+		w.services[master] = ms
+	}
+	return ms
+}
+
+func (w *writer) addBySvc(svc, backend uint32) {
+	if w.bySvc[svc] == nil {
+		w.bySvc[svc] = make(map[uint32]bool)
+	}
+	w.bySvc[svc][backend] = true
+}
+
+// The write primitives: each updates the mirror only when the map took it.
+
+func (w *writer) putSlot(k svcKey, v svcValue) error {
+	if err := w.t.services.Put(k, v); err != nil {
+		return fmt.Errorf("write service %s slot %d: %w", keyOf(k), k.Slot, err)
+	}
+	w.writes++
+	ms := w.service(k)
+	if k.Slot == 0 {
+		ms.master, ms.hasMaster = v, true
+	} else {
+		ms.slots[k.Slot] = v.Id
+	}
+	return nil
+}
+
+func (w *writer) deleteSlot(k svcKey) error {
+	if err := w.t.services.Delete(k); err != nil {
+		return fmt.Errorf("delete service %s slot %d: %w", keyOf(k), k.Slot, err)
+	}
+	w.writes++
+	ms := w.service(k)
+	if k.Slot == 0 {
+		ms.master, ms.hasMaster = svcValue{}, false
+	} else {
+		delete(ms.slots, k.Slot)
+	}
+	if !ms.hasMaster && len(ms.slots) == 0 {
+		k.Slot = 0
+		delete(w.services, k)
+	}
+	return nil
+}
+
+func (w *writer) putBackend(id uint32, b backendValue) error {
+	if err := w.t.backends.Put(id, b); err != nil {
+		return fmt.Errorf("write backend %d (%s): %w", id, backendOf(b), err)
+	}
+	w.writes++
+	w.backends[id] = b
+	w.addBySvc(b.SvcId, id)
+	return nil
+}
+
+func (w *writer) deleteBackend(id uint32) error {
+	b := w.backends[id]
+	if err := w.t.backends.Delete(id); err != nil {
+		return fmt.Errorf("delete backend %d (%s): %w", id, backendOf(b), err)
+	}
+	w.writes++
+	delete(w.backends, id)
+	delete(w.bySvc[b.SvcId], id)
+	if len(w.bySvc[b.SvcId]) == 0 {
+		delete(w.bySvc, b.SvcId)
+	}
+	return nil
+}
+
+func (w *writer) putCounter(id uint32) error {
+	if w.counters[id] {
+		return nil
+	}
+	if err := w.t.counters.Put(id, counterValue{}); err != nil {
+		return fmt.Errorf("create counter %d: %w", id, err)
+	}
+	w.writes++
+	w.counters[id] = true
+	return nil
+}
+
+func (w *writer) deleteCounter(id uint32) error {
+	if err := w.t.counters.Delete(id); err != nil {
+		return fmt.Errorf("delete counter %d: %w", id, err)
+	}
+	w.writes++
+	delete(w.counters, id)
+	return nil
+}
+
+func (w *writer) putLocal(k localKey, v localValue) error {
+	if err := w.t.localNames.Put(k, v); err != nil {
+		return fmt.Errorf("write local name %s: %w", netip.AddrPortFrom(wordsAddr(k.Addr), wordPort(k.Port)), err)
+	}
+	w.writes++
+	w.locals[k] = v
+	return nil
+}
+
+func (w *writer) deleteLocal(k localKey) error {
+	if err := w.t.localNames.Delete(k); err != nil {
+		return fmt.Errorf("delete local name %s: %w", netip.AddrPortFrom(wordsAddr(k.Addr), wordPort(k.Port)), err)
+	}
+	w.writes++
+	delete(w.locals, k)
+	return nil
+}
+
+// reserveIDs persists next+n before the ids are used, so that no id is ever
+// handed out twice, even by a process that restarts after a crash.
+func (w *writer) reserveIDs(n int) (first uint32, err error) {
+	if n == 0 {
+		return 0, nil
+	}
+	next := w.nextID + uint64(n)
+	if next > 1<<32-1 {
+		return 0, errors.New("reserve ids: the 32-bit id space is used up; run 'sockmesh down' to start afresh")
+	}
+	if err := w.t.meta.Put(metaNextIDSlot, next); err != nil {
+		return 0, fmt.Errorf("reserve ids: %w", err)
+	}
+	first = uint32(w.nextID)
+	w.nextID = next
+	return first, nil
+}
+
+// live reads a service back from the mirror as it is served now.
+func (w *writer) live(master svcKey) (Service, bool) {
+	ms := w.services[master]
+	if ms == nil || !ms.hasMaster {
+		return Service{}, false
+	}
+	s := Service{Key: keyOf(master), LocalName: ms.master.Flags&flagLocalName != 0}
+	weights := make(map[netip.AddrPort]uint16)
+	for slot := ms.master.Base + 1; slot <= ms.master.Base+ms.master.Count; slot++ {
+		id, ok := ms.slots[slot]
+		if !ok {
+			return Service{}, false // half-written: treat as changed
+		}
+		b, ok := w.backends[id]
+		if !ok {
+			return Service{}, false
+		}
+		weights[backendOf(b)]++
+	}
+	for _, a := range slices.SortedFunc(maps.Keys(weights), netip.AddrPort.Compare) {
+		s.Backends = append(s.Backends, Backend{Addr: a, Weight: weights[a]})
+	}
+	return s.canonical(), true
+}
+
+// Services returns what the maps serve now, sorted by key.
+func (w *writer) Services() []Service {
+	var out []Service
+	for k := range w.services {
+		if s, ok := w.live(k); ok {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b Service) int { return a.Key.compare(b.Key) })
+	return out
+}
+
+// apply converges the maps to desired. Nothing is written when desired is
+// invalid or does not fit the maps.
+func (w *writer) apply(desired []Service) (ApplyStats, error) {
+	ds, err := validateSet(desired)
+	if err != nil {
+		return ApplyStats{}, fmt.Errorf("apply services: %w", err)
+	}
+	if err := w.checkCapacity(ds); err != nil {
+		return ApplyStats{}, fmt.Errorf("apply services: %w", err)
+	}
+	w.writes = 0
+	var st ApplyStats
+	var errs []error
+
+	want := make(map[svcKey]bool, len(ds))
+	for _, s := range ds {
+		want[masterKey(s.Key)] = true
+	}
+	// Removals first: their entries make room for what is added.
+	for _, k := range slices.SortedFunc(maps.Keys(w.services), compareSvcKey) {
+		if want[k] || !w.services[k].hasMaster {
+			continue
+		}
+		if err := w.deleteSlot(k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		st.Removed++
+		if err := w.sweepService(k); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, s := range ds {
+		cur, ok := w.live(masterKey(s.Key))
+		switch {
+		case ok && cur.equal(s):
+			st.Unchanged++
+			continue
+		case ok:
+			st.Updated++
+		default:
+			st.Added++
+		}
+		if err := w.applyService(s); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := w.putLocals(ds); err != nil {
+		errs = append(errs, err)
+	}
+	if err := w.sweep(ds); err != nil {
+		errs = append(errs, err)
+	}
+	st.Writes = w.writes
+	if err := errors.Join(errs...); err != nil {
+		return st, fmt.Errorf("apply services: %w", err)
+	}
+	return st, nil
+}
+
+func compareSvcKey(a, b svcKey) int { return keyOf(a).compare(keyOf(b)) }
+
+// checkCapacity refuses a set that would overflow a map, counting the old
+// slot region a service keeps while its new one is written.
+func (w *writer) checkCapacity(ds []Service) error {
+	entries, backends, peak := 0, 0, 0
+	for _, s := range ds {
+		n := slotCount(s.Backends)
+		entries += 1 + n
+		backends += len(s.Backends)
+		peak = max(peak, n)
+	}
+	var errs []error
+	if need := entries + peak; need > w.limits.services {
+		errs = append(errs, fmt.Errorf("services need %d service-map entries (slots), the map holds %d: fewer services, backends or lower weights", need, w.limits.services))
+	}
+	if need := backends + peak; need > w.limits.backends {
+		errs = append(errs, fmt.Errorf("services need %d backend-map entries, the map holds %d", need, w.limits.backends))
+	}
+	if need := len(ds) + backends + peak; need > w.limits.counters {
+		errs = append(errs, fmt.Errorf("services need %d counters, the map holds %d", need, w.limits.counters))
+	}
+	return errors.Join(errs...)
+}
+
+// applyService writes one added or changed service in the safe order.
+func (w *writer) applyService(s Service) error {
+	mk := masterKey(s.Key)
+	ms := w.services[mk]
+
+	var svcID uint32
+	var ids map[netip.AddrPort]uint32 // current backends by address, to keep their ids
+	region := uint32(0)
+	if ms != nil && ms.hasMaster {
+		svcID = ms.master.Id
+		ids = make(map[netip.AddrPort]uint32)
+		for slot, id := range ms.slots {
+			if b, ok := w.backends[id]; ok && ms.active(slot) {
+				ids[backendOf(b)] = id
+			}
+		}
+		region = slotRegion - ms.master.Base // the other region
+	}
+
+	newIDs := 0
+	if svcID == 0 {
+		newIDs++
+	}
+	for _, b := range s.Backends {
+		if _, ok := ids[b.Addr]; !ok {
+			newIDs++
+		}
+	}
+	next, err := w.reserveIDs(newIDs)
+	if err != nil {
+		return err
+	}
+	take := func() uint32 { id := next; next++; return id }
+	if svcID == 0 {
+		svcID = take()
+	}
+	if err := w.putCounter(svcID); err != nil {
+		return err
+	}
+
+	// 2. New backends and their counters, before any slot names them.
+	slotIDs := make([]uint32, 0, slotCount(s.Backends))
+	for _, b := range s.Backends {
+		id, ok := ids[b.Addr]
+		if !ok {
+			id = take()
+			bv := backendValue{Addr: addrWords(b.Addr.Addr()), Port: portWord(b.Addr.Port()), Family: family(b.Addr.Addr()), SvcId: svcID}
+			if err := w.putCounter(id); err != nil {
+				return err
+			}
+			if err := w.putBackend(id, bv); err != nil {
+				return err
+			}
+		}
+		for range b.weight() {
+			slotIDs = append(slotIDs, id)
+		}
+	}
+
+	// 3. The new slot set, in the region nobody reads.
+	for i, id := range slotIDs {
+		k := mk
+		k.Slot = region + uint32(i) + 1
+		if err := w.putSlot(k, svcValue{Id: id}); err != nil {
+			return err
+		}
+	}
+
+	// 4. The flip.
+	var flags uint32
+	if s.LocalName {
+		flags |= flagLocalName
+	}
+	if err := w.putSlot(mk, svcValue{Id: svcID, Count: uint32(len(slotIDs)), Base: region, Flags: flags}); err != nil {
+		return err
+	}
+
+	// 5. The old region and orphaned backends.
+	return w.sweepService(mk)
+}
+
+// sweepService deletes what the service's master no longer references:
+// slots outside the active region, then backends, then their counters. A
+// service without a master loses everything, its own counter last.
+func (w *writer) sweepService(mk svcKey) error {
+	ms := w.services[mk]
+	if ms == nil {
+		return nil
+	}
+	referenced := make(map[uint32]bool)
+	for _, slot := range slices.Sorted(maps.Keys(ms.slots)) {
+		if ms.active(slot) {
+			referenced[ms.slots[slot]] = true
+			continue
+		}
+		bid := ms.slots[slot]
+		k := mk
+		k.Slot = slot
+		if err := w.deleteSlot(k); err != nil {
+			return err
+		}
+		if !ms.hasMaster {
+			// Without a master the backends' service id is only known
+			// through them.
+			if b, ok := w.backends[bid]; ok {
+				if err := w.sweepBackends(b.SvcId, nil); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if ms.hasMaster {
+		return w.sweepBackends(ms.master.Id, referenced)
+	}
+	return nil
+}
+
+// sweepBackends deletes the backends of service svc not in keep, then their
+// counters.
+func (w *writer) sweepBackends(svc uint32, keep map[uint32]bool) error {
+	for _, id := range slices.Sorted(maps.Keys(w.bySvc[svc])) {
+		if keep[id] {
+			continue
+		}
+		if err := w.deleteBackend(id); err != nil {
+			return err
+		}
+		if err := w.deleteCounter(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// putLocals writes the getsockname entries of the services that ask for
+// them (stale ones go in sweep).
+func (w *writer) putLocals(ds []Service) error {
+	for k, v := range wantedLocals(ds) {
+		if cur, ok := w.locals[k]; ok && cur == v {
+			continue
+		}
+		if err := w.putLocal(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func wantedLocals(ds []Service) map[localKey]localValue {
+	out := make(map[localKey]localValue)
+	for _, s := range ds {
+		if !s.LocalName {
+			continue
+		}
+		for _, b := range s.Backends {
+			k := localKey{Addr: addrWords(b.Addr.Addr()), Port: portWord(b.Addr.Port()), Proto: uint8(s.Key.Proto)}
+			out[k] = localValue{Vip: addrWords(s.Key.VIP), VipPort: portWord(s.Key.Port)}
+		}
+	}
+	return out
+}
+
+// sweep deletes whatever no live service references: leftovers of failed
+// applies, of removed services, and of what a restart found in the maps.
+func (w *writer) sweep(ds []Service) error {
+	for _, k := range slices.SortedFunc(maps.Keys(w.services), compareSvcKey) {
+		if err := w.sweepService(k); err != nil {
+			return err
+		}
+	}
+	masters := make(map[uint32]bool)
+	for _, ms := range w.services {
+		if ms.hasMaster {
+			masters[ms.master.Id] = true
+		}
+	}
+	for _, svc := range slices.Sorted(maps.Keys(w.bySvc)) {
+		if !masters[svc] {
+			if err := w.sweepBackends(svc, nil); err != nil {
+				return err
+			}
+		}
+	}
+	wanted := wantedLocals(ds)
+	for _, k := range slices.SortedFunc(maps.Keys(w.locals), compareLocalKey) {
+		if _, ok := wanted[k]; !ok {
+			if err := w.deleteLocal(k); err != nil {
+				return err
+			}
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(w.counters)) {
+		if _, ok := w.backends[id]; ok || masters[id] {
+			continue
+		}
+		if err := w.deleteCounter(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func compareLocalKey(a, b localKey) int {
+	if c := wordsAddr(a.Addr).Compare(wordsAddr(b.Addr)); c != 0 {
+		return c
+	}
+	if a.Port != b.Port {
+		return int(wordPort(a.Port)) - int(wordPort(b.Port))
+	}
+	return int(a.Proto) - int(b.Proto)
+}
