@@ -1,9 +1,15 @@
 package lb
 
 import (
+	"context"
+	"math"
+	"strings"
+	"time"
+
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"sockmesh/internal/testenv"
 	"testing"
 )
 
@@ -50,5 +56,112 @@ func TestTCPThroughVIP(t *testing.T) {
 				t.Errorf("curl printed %q, want %q", out, want)
 			}
 		})
+	}
+}
+
+// Test 3: a VIP with no backends fails connect() at once with
+// ECONNREFUSED: no packet is sent (a packet would meet the unreachable
+// route and give EHOSTUNREACH instead).
+func TestNoBackendsRefused(t *testing.T) {
+	d, cg, _ := newDatapath(t)
+	mustApply(t, d,
+		svc("198.18.2.1", 80, TCP),
+		svc("fd6d:6573:6800::2:1", 80, TCP),
+	)
+	for _, ip := range []string{"198.18.2.1", "fd6d:6573:6800::2:1", "::ffff:198.18.2.1"} {
+		t.Run(ip, func(t *testing.T) {
+			var errno string
+			var maxNS, medianNS int64
+			out := runHelper(t, cg, "refused", ip, "80", "50")
+			if _, err := fmt.Sscan(out, &errno, &maxNS, &medianNS); err != nil {
+				t.Fatalf("%v: %q", err, out)
+			}
+			if errno != "ECONNREFUSED" {
+				t.Fatalf("connect to %s: %s, want ECONNREFUSED", ip, errno)
+			}
+			// "Well under a millisecond": the median of 50 must be, and
+			// even the slowest under 1 ms.
+			if medianNS > 100_000 || maxNS > 1_000_000 {
+				t.Errorf("refusal took median %v, max %v; want well under 1ms", time.Duration(medianNS), time.Duration(maxNS))
+			}
+		})
+	}
+	st, err := d.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refused uint64
+	for _, s := range st {
+		refused += s.Refused
+	}
+	if refused != 150 {
+		t.Errorf("refused counters sum to %d, want 150", refused)
+	}
+}
+
+// Test 4: 10,000 connects over backends weighted 1,1,2 land within 5 % of
+// 25/25/50.
+func TestWeightedDistribution(t *testing.T) {
+	d, cg, _ := newDatapath(t)
+	b1 := startIDBackend(t, "127.0.0.11:0")
+	b2 := startIDBackend(t, "127.0.0.12:0")
+	b3 := startIDBackend(t, "127.0.0.13:0")
+	s := svc("198.18.3.1", 7000, TCP)
+	s.Backends = []Backend{{Addr: b1, Weight: 1}, {Addr: b2, Weight: 1}, {Addr: b3, Weight: 2}}
+	mustApply(t, d, s)
+
+	const n = 10000
+	results := parseDialResults(t, runHelper(t, cg, "dial-loop", "198.18.3.1:7000", fmt.Sprint(n), "120"))
+	if len(results) != n {
+		t.Fatalf("%d results, want %d", len(results), n)
+	}
+	got := map[string]int{}
+	for _, r := range results {
+		if r.Err != "" {
+			t.Fatalf("connect failed: %s", r.Err)
+		}
+		got[r.Backend]++
+	}
+	for _, want := range []struct {
+		b     netip.AddrPort
+		share float64
+	}{{b1, 0.25}, {b2, 0.25}, {b3, 0.5}} {
+		c := got[want.b.String()]
+		exp := want.share * n
+		if math.Abs(float64(c)-exp) > 0.05*exp {
+			t.Errorf("backend %s got %d of %d connects, want %.0f ± 5%%", want.b, c, n, exp)
+		}
+	}
+	t.Logf("distribution: %v", got)
+
+	// The per-backend counters saw the same thing.
+	st, err := d.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 1 || st[0].Translations != n {
+		t.Fatalf("service counters: %+v, want %d translations", st, n)
+	}
+	for _, b := range st[0].Backends {
+		if int(b.Translations) != got[b.Addr.String()] {
+			t.Errorf("backend %s counter %d, clients saw %d", b.Addr, b.Translations, got[b.Addr.String()])
+		}
+	}
+}
+
+// Test 7: a process outside the mesh cgroup is not rewritten: its connect
+// to the VIP meets the unreachable route.
+func TestOutsideCgroupUntouched(t *testing.T) {
+	d, _, _ := newDatapath(t)
+	be := startIDBackend(t, "127.0.0.14:0")
+	mustApply(t, d, svc("198.18.4.1", 80, TCP, be))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := testenv.HelperOutside(ctx, "refused", "198.18.4.1", "80", "1").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Fields(string(out)); len(got) == 0 || got[0] != "EHOSTUNREACH" {
+		t.Fatalf("connect from outside the cgroup: %q, want EHOSTUNREACH (not rewritten)", out)
 	}
 }

@@ -27,7 +27,6 @@ func TestMain(m *testing.M) {
 		"dial-loop": helperDialLoop,
 		"refused":   helperRefused,
 		"udp-multi": helperUDPMulti,
-		
 	})
 }
 
@@ -257,8 +256,10 @@ func helperRefused(args []string) int {
 	var last error
 	for range n {
 		fam := syscall.AF_INET
-		var sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: port, Addr: ip.As4()}
-		if ip.Is6() {
+		var sa syscall.Sockaddr
+		if ip.Is4() {
+			sa = &syscall.SockaddrInet4{Port: port, Addr: ip.As4()}
+		} else {
 			fam = syscall.AF_INET6
 			sa = &syscall.SockaddrInet6{Port: port, Addr: ip.As16()}
 		}

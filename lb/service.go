@@ -124,6 +124,12 @@ func (s *Service) validate() error {
 		if k.VIP.Unmap().Is4() && !a.Unmap().Is4() {
 			return fmt.Errorf("service %s: IPv4 VIP cannot have IPv6 backend %s", k, b.Addr)
 		}
+		// The kernel refuses an unconnected IPv6 datagram rewritten to a
+		// v4-mapped address (sendmsg6 -> ENOTSUPP), so IPv6 UDP VIPs need
+		// IPv6 backends.
+		if k.Proto == UDP && !k.VIP.Unmap().Is4() && a.Unmap().Is4() {
+			return fmt.Errorf("service %s: IPv6 UDP VIP cannot have IPv4 backend %s (unconnected IPv6 sends cannot be redirected to IPv4)", k, b.Addr)
+		}
 		norm := normalizeAddrPort(b.Addr)
 		if seen[norm] {
 			return fmt.Errorf("service %s: backend %s is listed twice", k, b.Addr)
