@@ -27,6 +27,7 @@ func TestMain(m *testing.M) {
 		"dial-loop": helperDialLoop,
 		"refused":   helperRefused,
 		"udp-multi": helperUDPMulti,
+		"load":      helperLoad,
 	})
 }
 
