@@ -8,13 +8,13 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 SEC("cgroup/getpeername4")
 int sm_getpeername4(struct bpf_sock_addr *ctx)
 {
-	return translate_reverse(ctx, 0, 0);
+	return translate_reverse(ctx, 0);
 }
 
 SEC("cgroup/getpeername6")
 int sm_getpeername6(struct bpf_sock_addr *ctx)
 {
-	return translate_reverse(ctx, 1, 0);
+	return translate_reverse(ctx, 1);
 }
 
 SEC("cgroup/getsockname4")

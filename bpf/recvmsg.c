@@ -7,12 +7,12 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 SEC("cgroup/recvmsg4")
 int sm_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return translate_reverse(ctx, 0, 1);
+	return translate_reverse(ctx, 0);
 }
 
 /* Replies to v4-mapped sends arrive here with a v4-mapped source. */
 SEC("cgroup/recvmsg6")
 int sm_recvmsg6(struct bpf_sock_addr *ctx)
 {
-	return translate_reverse(ctx, 1, 1);
+	return translate_reverse(ctx, 1);
 }

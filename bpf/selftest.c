@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* selftest: runs select_backend, the heart of connect/sendmsg, from a
+/* selftest: runs lookup_master and select_backend, the heart of connect/sendmsg, from a
  * SEC("syscall") program, because BPF_PROG_TEST_RUN does not run sock_addr
  * programs. Only the tests load it. */
 #include "sockmesh.h"
@@ -21,11 +21,16 @@ SEC("syscall")
 int sm_select(struct select_args *args)
 {
 	struct svc_key key = args->key;
+	struct svc_value *master;
 	struct backend be = {};
 	__u32 svc_id = 0, backend_id = 0;
 
-	args->result = select_backend(&key, args->entropy, &be, &svc_id,
-				      &backend_id);
+	master = lookup_master(&key);
+	if (master)
+		args->result = select_backend(&key, master, args->entropy, &be,
+					      &svc_id, &backend_id);
+	else
+		args->result = SELECT_MISS;
 	args->svc_id = svc_id;
 	args->backend_id = backend_id;
 	args->backend = be;

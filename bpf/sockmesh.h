@@ -87,7 +87,7 @@ struct rev_value {
 	__u16 pad2;
 };
 
-/* Reverse key for unconnected UDP: one socket may talk to many VIPs. */
+/* Reverse key: one socket may talk to many VIPs (unconnected UDP). */
 struct rev_key {
 	__u64 cookie;
 	__u32 backend[4];
@@ -115,7 +115,7 @@ struct local_value {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 131072);
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
 } sm_services SEC(".maps");
@@ -123,7 +123,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, struct backend);
 } sm_backends SEC(".maps");
@@ -131,7 +131,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 524288);
+	__uint(max_entries, 131072);
 	__type(key, __u32);
 	__type(value, struct counters);
 } sm_counters SEC(".maps");
@@ -144,23 +144,15 @@ struct {
 	__type(value, struct local_value);
 } sm_local_names SEC(".maps");
 
-/* Unconnected UDP reverse entries. The kernel never deletes these (the key
- * holds a socket cookie), so the map is an LRU: stale entries age out. */
+/* Reverse entries: (socket cookie, backend) -> VIP, for getpeername and
+ * recvmsg. The kernel never deletes them (the key holds a socket cookie), so
+ * the map is an LRU: entries of closed sockets age out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 131072);
+	__uint(max_entries, 65536);
 	__type(key, struct rev_key);
 	__type(value, struct rev_value);
-} sm_rev_udp SEC(".maps");
-
-/* Connected sockets (TCP, connected UDP): one reverse entry per socket that
- * dies with the socket. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct rev_value);
-} sm_rev_sock SEC(".maps");
+} sm_rev SEC(".maps");
 
 /* Keeps the compiler from merging or reordering ctx loads. */
 #define barrier() asm volatile("" ::: "memory")
@@ -250,29 +242,38 @@ static __always_inline void count_refusal(__u32 id)
 		c->refused++;
 }
 
-/* select_backend looks key up as a service and, on a hit, picks the backend
- * in slot entropy*count/2^32 (a multiply-shift instead of a modulo: no
- * division, no bias worth naming). key->slot is clobbered.
+/* lookup_master finds the service entry of key (slot 0): the one lookup a
+ * connect to a non-VIP address pays. */
+static __always_inline struct svc_value *lookup_master(struct svc_key *key)
+{
+	key->slot = 0;
+	return bpf_map_lookup_elem(&sm_services, key);
+}
+
+/* select_backend picks the backend of the service whose master entry the
+ * caller found, in slot entropy*count/2^32 (a multiply-shift instead of a
+ * modulo: no division, no bias worth naming). key->slot is clobbered.
  *
  * A slot or backend can vanish between reading the master and reading it
  * (the control plane deletes an old region right after flipping the
- * master), so a miss there re-reads the master, a bounded number of times. */
+ * master), so a miss there re-reads the master, a bounded number of times
+ * (a constant-bounded loop: the verifier walks it, kernels >= 5.3). */
 static __always_inline enum select_result
-select_backend(struct svc_key *key, __u32 entropy, struct backend *out,
-	       __u32 *svc_id, __u32 *backend_id)
+select_backend(struct svc_key *key, struct svc_value *master, __u32 entropy,
+	       struct backend *out, __u32 *svc_id, __u32 *backend_id)
 {
 	int i;
 
-#pragma unroll
 	for (i = 0; i < SELECT_ATTEMPTS; i++) {
-		struct svc_value *master, *slot;
+		struct svc_value *slot;
 		struct backend *be;
 		__u32 count, base;
 
-		key->slot = 0;
-		master = bpf_map_lookup_elem(&sm_services, key);
-		if (!master)
-			return SELECT_MISS;
+		if (i > 0) {
+			master = lookup_master(key);
+			if (!master)
+				return SELECT_MISS; /* the service is gone */
+		}
 		*svc_id = master->id;
 		count = master->count;
 		base = master->base;
@@ -327,17 +328,50 @@ static __always_inline int service_exists(const struct rev_value *rev)
 
 /* Where forward translation is called from. */
 enum hook {
-	HOOK_CONNECT = 0, /* TCP, connected UDP: reverse entry on the socket */
-	HOOK_SENDMSG = 1, /* unconnected UDP: reverse entry keyed by cookie */
+	HOOK_CONNECT = 0, /* TCP and connected UDP */
+	HOOK_SENDMSG = 1, /* unconnected UDP */
 };
+
+/* remember_reverse records, for the socket, that replies from the backend
+ * stand for the VIP. Keyed by (socket cookie, backend): one unconnected UDP
+ * socket can talk to several VIPs, and a connected socket has one entry.
+ *
+ * Cost: an LRU update is a few hundred ns cheaper than creating socket
+ * storage (bpf_sk_storage_get with F_CREATE allocates per socket), and
+ * connect is the hot path. A connect writes without looking first (a
+ * socket connects once, or re-connects elsewhere); most datagrams of an
+ * unconnected socket repeat the last entry, so sendmsg does not write an
+ * equal entry again. */
+static __always_inline void remember_reverse(struct bpf_sock_addr *ctx,
+					     const struct svc_key *key,
+					     const struct backend *be,
+					     int fresh)
+{
+	struct rev_key rk = {};
+	struct rev_value rv, *old;
+
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	addr_copy(rk.backend, be->addr);
+	rk.backend_port = be->port;
+	fill_rev(&rv, key, be);
+	if (fresh)
+		goto write; /* connect: skip the lookup, it costs ~250 ns */
+	old = bpf_map_lookup_elem(&sm_rev, &rk);
+	if (old && addr_eq(old->vip, rv.vip) && old->vip_port == rv.vip_port &&
+	    old->proto == rv.proto)
+		return;
+write:
+	bpf_map_update_elem(&sm_rev, &rk, &rv, BPF_ANY);
+}
 
 /* translate_forward is connect4/6 and sendmsg4/6: a VIP hit rewrites the
  * destination to a backend and records how to translate back. Returns the
  * program's verdict (1: go on; 0 with retval set: fail the syscall). */
-static __always_inline int translate_forward(struct bpf_sock_addr *ctx,
-					     int v6, enum hook hook)
+static __always_inline int translate_forward(struct bpf_sock_addr *ctx, int v6,
+					     enum hook hook)
 {
 	struct svc_key key = {};
+	struct svc_value *master;
 	struct backend be;
 	__u32 svc_id = 0, backend_id = 0, entropy;
 	__u32 proto = ctx->protocol;
@@ -348,13 +382,16 @@ static __always_inline int translate_forward(struct bpf_sock_addr *ctx,
 	read_user_addr(ctx, v6, key.addr);
 	key.port = read_user_port(ctx);
 	key.proto = (__u8)proto;
+	master = lookup_master(&key);
+	if (!master)
+		return 1; /* not a VIP: the common case, one lookup */
 
 	if (proto == IPPROTO_TCP)
 		entropy = bpf_get_prandom_u32();
 	else
 		entropy = socket_entropy(bpf_get_socket_cookie(ctx));
 
-	res = select_backend(&key, entropy, &be, &svc_id, &backend_id);
+	res = select_backend(&key, master, entropy, &be, &svc_id, &backend_id);
 	if (res == SELECT_MISS)
 		return 1;
 	/* An AF_INET socket cannot reach an IPv6 backend; the control plane
@@ -368,66 +405,31 @@ static __always_inline int translate_forward(struct bpf_sock_addr *ctx,
 	}
 
 	key.slot = 0;
-	if (hook == HOOK_CONNECT) {
-		struct rev_value *rev;
-
-		rev = bpf_sk_storage_get(&sm_rev_sock, ctx->sk, 0,
-					 BPF_SK_STORAGE_GET_F_CREATE);
-		if (rev)
-			fill_rev(rev, &key, &be);
-	} else {
-		struct rev_key rk = {};
-		struct rev_value rv, *old;
-
-		rk.cookie = bpf_get_socket_cookie(ctx);
-		addr_copy(rk.backend, be.addr);
-		rk.backend_port = be.port;
-		fill_rev(&rv, &key, &be);
-		/* Most datagrams repeat the last one's entry: skip the write. */
-		old = bpf_map_lookup_elem(&sm_rev_udp, &rk);
-		if (!old || !addr_eq(old->vip, rv.vip) ||
-		    old->vip_port != rv.vip_port || old->proto != rv.proto)
-			bpf_map_update_elem(&sm_rev_udp, &rk, &rv, BPF_ANY);
-	}
-
+	remember_reverse(ctx, &key, &be, hook == HOOK_CONNECT);
 	write_user_addr(ctx, v6, be.addr, be.port);
 	count_translation(svc_id);
 	count_translation(backend_id);
 	return 1;
 }
 
-/* reverse_lookup finds the VIP a reply from addr:port stands for, for
- * recvmsg (unconnected entries first, then the socket's own) and
- * getpeername (the socket's own only). */
+/* reverse_lookup finds the VIP a reply from addr:port stands for. The
+ * entry names the backend, so a socket re-connected elsewhere since is not
+ * translated. */
 static __always_inline struct rev_value *
-reverse_lookup(struct bpf_sock_addr *ctx, const __u32 addr[4], __u16 port,
-	       int unconnected)
+reverse_lookup(struct bpf_sock_addr *ctx, const __u32 addr[4], __u16 port)
 {
-	struct rev_value *rev;
+	struct rev_key rk = {};
 
-	if (unconnected) {
-		struct rev_key rk = {};
-
-		rk.cookie = bpf_get_socket_cookie(ctx);
-		addr_copy(rk.backend, addr);
-		rk.backend_port = port;
-		rev = bpf_map_lookup_elem(&sm_rev_udp, &rk);
-		if (rev)
-			return rev;
-	}
-	rev = bpf_sk_storage_get(&sm_rev_sock, ctx->sk, 0, 0);
-	/* The socket may have been re-connected elsewhere since: only the
-	 * backend it was sent to is translated. */
-	if (rev && rev->backend_port == port && addr_eq(rev->backend, addr))
-		return rev;
-	return NULL;
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	addr_copy(rk.backend, addr);
+	rk.backend_port = port;
+	return bpf_map_lookup_elem(&sm_rev, &rk);
 }
 
 /* translate_reverse is recvmsg4/6 and getpeername4/6: a peer that is a
  * backend this socket was sent to shows as the VIP. Always returns 1 (the
  * only verdict these hooks allow). */
-static __always_inline int translate_reverse(struct bpf_sock_addr *ctx, int v6,
-					     int unconnected)
+static __always_inline int translate_reverse(struct bpf_sock_addr *ctx, int v6)
 {
 	__u32 addr[4];
 	__u16 port;
@@ -435,7 +437,7 @@ static __always_inline int translate_reverse(struct bpf_sock_addr *ctx, int v6,
 
 	read_user_addr(ctx, v6, addr);
 	port = read_user_port(ctx);
-	rev = reverse_lookup(ctx, addr, port, unconnected);
+	rev = reverse_lookup(ctx, addr, port);
 	if (!rev || !service_exists(rev))
 		return 1;
 	/* An AF_INET socket can only be shown an IPv4 VIP. */

@@ -87,8 +87,7 @@ const (
 	connectMapSmBackends   = "sm_backends"
 	connectMapSmCounters   = "sm_counters"
 	connectMapSmLocalNames = "sm_local_names"
-	connectMapSmRevSock    = "sm_rev_sock"
-	connectMapSmRevUdp     = "sm_rev_udp"
+	connectMapSmRev        = "sm_rev"
 	connectMapSmServices   = "sm_services"
 	connectProgSmConnect4  = "sm_connect4"
 	connectProgSmConnect6  = "sm_connect6"
@@ -147,8 +146,7 @@ type connectMapSpecs struct {
 	SmBackends   *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmCounters   *ebpf.MapSpec `ebpf:"sm_counters"`
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
-	SmRevSock    *ebpf.MapSpec `ebpf:"sm_rev_sock"`
-	SmRevUdp     *ebpf.MapSpec `ebpf:"sm_rev_udp"`
+	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
 }
 
@@ -181,8 +179,7 @@ type connectMaps struct {
 	SmBackends   *ebpf.Map `ebpf:"sm_backends"`
 	SmCounters   *ebpf.Map `ebpf:"sm_counters"`
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
-	SmRevSock    *ebpf.Map `ebpf:"sm_rev_sock"`
-	SmRevUdp     *ebpf.Map `ebpf:"sm_rev_udp"`
+	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
 }
 
@@ -191,8 +188,7 @@ func (m *connectMaps) Close() error {
 		m.SmBackends,
 		m.SmCounters,
 		m.SmLocalNames,
-		m.SmRevSock,
-		m.SmRevUdp,
+		m.SmRev,
 		m.SmServices,
 	)
 }

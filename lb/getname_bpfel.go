@@ -19,8 +19,7 @@ const (
 	getnameMapSmBackends      = "sm_backends"
 	getnameMapSmCounters      = "sm_counters"
 	getnameMapSmLocalNames    = "sm_local_names"
-	getnameMapSmRevSock       = "sm_rev_sock"
-	getnameMapSmRevUdp        = "sm_rev_udp"
+	getnameMapSmRev           = "sm_rev"
 	getnameMapSmServices      = "sm_services"
 	getnameProgSmGetpeername4 = "sm_getpeername4"
 	getnameProgSmGetpeername6 = "sm_getpeername6"
@@ -83,8 +82,7 @@ type getnameMapSpecs struct {
 	SmBackends   *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmCounters   *ebpf.MapSpec `ebpf:"sm_counters"`
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
-	SmRevSock    *ebpf.MapSpec `ebpf:"sm_rev_sock"`
-	SmRevUdp     *ebpf.MapSpec `ebpf:"sm_rev_udp"`
+	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
 }
 
@@ -117,8 +115,7 @@ type getnameMaps struct {
 	SmBackends   *ebpf.Map `ebpf:"sm_backends"`
 	SmCounters   *ebpf.Map `ebpf:"sm_counters"`
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
-	SmRevSock    *ebpf.Map `ebpf:"sm_rev_sock"`
-	SmRevUdp     *ebpf.Map `ebpf:"sm_rev_udp"`
+	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
 }
 
@@ -127,8 +124,7 @@ func (m *getnameMaps) Close() error {
 		m.SmBackends,
 		m.SmCounters,
 		m.SmLocalNames,
-		m.SmRevSock,
-		m.SmRevUdp,
+		m.SmRev,
 		m.SmServices,
 	)
 }

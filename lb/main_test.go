@@ -28,13 +28,14 @@ func TestMain(m *testing.M) {
 		"refused":   helperRefused,
 		"udp-multi": helperUDPMulti,
 		"load":      helperLoad,
+		"crr":       helperCRR,
 	})
 }
 
 // --- backends (in the test process, outside the mesh cgroup) ---
 
 // startHTTPBackend serves "backend <addr>" on addr (host:0 picks a port).
-func startHTTPBackend(t *testing.T, addr string) netip.AddrPort {
+func startHTTPBackend(t testing.TB, addr string) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -52,7 +53,7 @@ func startHTTPBackend(t *testing.T, addr string) netip.AddrPort {
 // startIDBackend accepts TCP connections and writes its own address and a
 // newline to each, then closes it: the cheapest way to tell a client which
 // backend it reached.
-func startIDBackend(t *testing.T, addr string) netip.AddrPort {
+func startIDBackend(t testing.TB, addr string) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -79,7 +80,7 @@ func startIDBackend(t *testing.T, addr string) netip.AddrPort {
 }
 
 // startUDPEcho answers every datagram with "<its own addr> <payload>".
-func startUDPEcho(t *testing.T, addr string) netip.AddrPort {
+func startUDPEcho(t testing.TB, addr string) netip.AddrPort {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
@@ -103,7 +104,7 @@ func startUDPEcho(t *testing.T, addr string) netip.AddrPort {
 
 // newDatapath loads the datapath into a private bpffs, attaches it to a
 // fresh child cgroup and removes everything when the test ends.
-func newDatapath(t *testing.T) (*Datapath, *testenv.Cgroup, string) {
+func newDatapath(t testing.TB) (*Datapath, *testenv.Cgroup, string) {
 	t.Helper()
 	testenv.RequirePrivileged(t)
 	cg := testenv.NewCgroup(t)
@@ -124,7 +125,7 @@ func newDatapath(t *testing.T) (*Datapath, *testenv.Cgroup, string) {
 	return d, cg, pinDir
 }
 
-func mustApply(t *testing.T, d *Datapath, svcs ...Service) {
+func mustApply(t testing.TB, d *Datapath, svcs ...Service) {
 	t.Helper()
 	if _, err := d.Apply(svcs); err != nil {
 		t.Fatal(err)

@@ -19,8 +19,7 @@ const (
 	recvmsgMapSmBackends   = "sm_backends"
 	recvmsgMapSmCounters   = "sm_counters"
 	recvmsgMapSmLocalNames = "sm_local_names"
-	recvmsgMapSmRevSock    = "sm_rev_sock"
-	recvmsgMapSmRevUdp     = "sm_rev_udp"
+	recvmsgMapSmRev        = "sm_rev"
 	recvmsgMapSmServices   = "sm_services"
 	recvmsgProgSmRecvmsg4  = "sm_recvmsg4"
 	recvmsgProgSmRecvmsg6  = "sm_recvmsg6"
@@ -79,8 +78,7 @@ type recvmsgMapSpecs struct {
 	SmBackends   *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmCounters   *ebpf.MapSpec `ebpf:"sm_counters"`
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
-	SmRevSock    *ebpf.MapSpec `ebpf:"sm_rev_sock"`
-	SmRevUdp     *ebpf.MapSpec `ebpf:"sm_rev_udp"`
+	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
 }
 
@@ -113,8 +111,7 @@ type recvmsgMaps struct {
 	SmBackends   *ebpf.Map `ebpf:"sm_backends"`
 	SmCounters   *ebpf.Map `ebpf:"sm_counters"`
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
-	SmRevSock    *ebpf.Map `ebpf:"sm_rev_sock"`
-	SmRevUdp     *ebpf.Map `ebpf:"sm_rev_udp"`
+	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
 }
 
@@ -123,8 +120,7 @@ func (m *recvmsgMaps) Close() error {
 		m.SmBackends,
 		m.SmCounters,
 		m.SmLocalNames,
-		m.SmRevSock,
-		m.SmRevUdp,
+		m.SmRev,
 		m.SmServices,
 	)
 }

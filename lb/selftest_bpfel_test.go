@@ -44,8 +44,7 @@ const (
 	selftestMapSmBackends   = "sm_backends"
 	selftestMapSmCounters   = "sm_counters"
 	selftestMapSmLocalNames = "sm_local_names"
-	selftestMapSmRevSock    = "sm_rev_sock"
-	selftestMapSmRevUdp     = "sm_rev_udp"
+	selftestMapSmRev        = "sm_rev"
 	selftestMapSmServices   = "sm_services"
 	selftestProgSmSelect    = "sm_select"
 )
@@ -102,8 +101,7 @@ type selftestMapSpecs struct {
 	SmBackends   *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmCounters   *ebpf.MapSpec `ebpf:"sm_counters"`
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
-	SmRevSock    *ebpf.MapSpec `ebpf:"sm_rev_sock"`
-	SmRevUdp     *ebpf.MapSpec `ebpf:"sm_rev_udp"`
+	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
 }
 
@@ -136,8 +134,7 @@ type selftestMaps struct {
 	SmBackends   *ebpf.Map `ebpf:"sm_backends"`
 	SmCounters   *ebpf.Map `ebpf:"sm_counters"`
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
-	SmRevSock    *ebpf.Map `ebpf:"sm_rev_sock"`
-	SmRevUdp     *ebpf.Map `ebpf:"sm_rev_udp"`
+	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
 }
 
@@ -146,8 +143,7 @@ func (m *selftestMaps) Close() error {
 		m.SmBackends,
 		m.SmCounters,
 		m.SmLocalNames,
-		m.SmRevSock,
-		m.SmRevUdp,
+		m.SmRev,
 		m.SmServices,
 	)
 }

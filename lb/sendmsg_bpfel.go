@@ -19,8 +19,7 @@ const (
 	sendmsgMapSmBackends   = "sm_backends"
 	sendmsgMapSmCounters   = "sm_counters"
 	sendmsgMapSmLocalNames = "sm_local_names"
-	sendmsgMapSmRevSock    = "sm_rev_sock"
-	sendmsgMapSmRevUdp     = "sm_rev_udp"
+	sendmsgMapSmRev        = "sm_rev"
 	sendmsgMapSmServices   = "sm_services"
 	sendmsgProgSmSendmsg4  = "sm_sendmsg4"
 	sendmsgProgSmSendmsg6  = "sm_sendmsg6"
@@ -79,8 +78,7 @@ type sendmsgMapSpecs struct {
 	SmBackends   *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmCounters   *ebpf.MapSpec `ebpf:"sm_counters"`
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
-	SmRevSock    *ebpf.MapSpec `ebpf:"sm_rev_sock"`
-	SmRevUdp     *ebpf.MapSpec `ebpf:"sm_rev_udp"`
+	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
 }
 
@@ -113,8 +111,7 @@ type sendmsgMaps struct {
 	SmBackends   *ebpf.Map `ebpf:"sm_backends"`
 	SmCounters   *ebpf.Map `ebpf:"sm_counters"`
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
-	SmRevSock    *ebpf.Map `ebpf:"sm_rev_sock"`
-	SmRevUdp     *ebpf.Map `ebpf:"sm_rev_udp"`
+	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
 }
 
@@ -123,8 +120,7 @@ func (m *sendmsgMaps) Close() error {
 		m.SmBackends,
 		m.SmCounters,
 		m.SmLocalNames,
-		m.SmRevSock,
-		m.SmRevUdp,
+		m.SmRev,
 		m.SmServices,
 	)
 }
