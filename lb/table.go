@@ -15,8 +15,6 @@ type (
 	counterValue = connectCounters
 	localKey     = connectLocalKey
 	localValue   = connectLocalValue
-	revKey       = connectRevKey
-	revValue     = connectRevValue
 )
 
 // Constants mirrored from bpf/sockmesh.h.

@@ -1,0 +1,50 @@
+# sockmesh — run `make help` for the targets.
+SHELL := /bin/bash
+
+# The BPF objects are committed; `make generate` rebuilds them with this
+# exact compiler so the output is the same on every machine of this kind.
+BPF_CLANG ?= clang-14
+BPF_STRIP ?= llvm-strip-14
+BPF_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+GO_TEST_FLAGS ?= -count=1
+
+# Debian packages the build and the tests need.
+APT_PACKAGES := clang-14 llvm-14 libbpf-dev dnsutils curl iproute2
+
+.PHONY: help deps generate check-generated build test bench lint
+
+help: ## Show the targets.
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+deps: ## Install the tools the build and tests need (Debian, root), if missing.
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+generate: deps ## Rebuild the BPF objects and Go bindings from bpf/ (commit the result).
+	cd lb && BPF_OUT=. BPF_CLANG=$(BPF_CLANG) BPF_STRIP=$(BPF_STRIP) BPF_CFLAGS="$(BPF_CFLAGS)" go generate ./...
+
+check-generated: deps ## Fail if the committed BPF objects are stale against bpf/.
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	(cd lb && BPF_OUT=$$tmp BPF_CLANG=$(BPF_CLANG) BPF_STRIP=$(BPF_STRIP) BPF_CFLAGS="$(BPF_CFLAGS)" go generate ./...) || exit 1; \
+	stale=0; for f in $$tmp/*; do \
+		cmp -s $$f lb/$$(basename $$f) || { echo "stale: lb/$$(basename $$f) (run make generate and commit)"; stale=1; }; \
+	done; exit $$stale
+
+build: ## Build everything.
+	go build ./...
+
+test: deps check-generated ## Install what the tests need and run them all (root runs the kernel tests).
+	go vet ./...
+	go test $(GO_TEST_FLAGS) ./...
+
+bench: deps ## Run the benchmarks: ratios against a baseline measured in the same run.
+	go test -run '^$$' -bench . -benchtime=1x ./lb
+
+lint: ## gofmt, go vet, staticcheck.
+	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt: $$out"; exit 1; }
+	go vet ./...
+	go run $(STATICCHECK) ./...
