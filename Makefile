@@ -10,7 +10,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GO_TEST_FLAGS ?= -count=1
 
 # Debian packages the build and the tests need.
-APT_PACKAGES := clang-14 llvm-14 libbpf-dev dnsutils curl iproute2
+APT_PACKAGES := clang-14 llvm-14 libbpf-dev dnsutils curl python3
 
 .PHONY: help deps generate check-generated build test bench lint
 

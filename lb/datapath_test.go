@@ -165,3 +165,33 @@ func TestOutsideCgroupUntouched(t *testing.T) {
 		t.Fatalf("connect from outside the cgroup: %q, want EHOSTUNREACH (not rewritten)", out)
 	}
 }
+
+// getsockname, opt-in per service: a backend bound to its address inside
+// the mesh cgroup sees the VIP as its own address; a service without the
+// flag leaves getsockname alone.
+func TestGetsocknameLocalName(t *testing.T) {
+	d, cg, _ := newDatapath(t)
+	on := svc("198.18.9.1", 80, TCP, netip.MustParseAddrPort("127.0.0.71:8071"))
+	on.LocalName = true
+	off := svc("198.18.9.2", 80, TCP, netip.MustParseAddrPort("127.0.0.72:8072"))
+	mustApply(t, d, on, off)
+	// A Python server: Go's net.Listen reports the address it asked for
+	// without asking getsockname.
+	const server = `import socket, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+    s = socket.socket(type=kind)
+    s.bind((ip, port))
+    print("%s:%d" % s.getsockname())
+`
+	for _, tc := range []struct{ ip, port, tcp string }{
+		{"127.0.0.71", "8071", "198.18.9.1:80"},
+		{"127.0.0.72", "8072", "127.0.0.72:8072"},
+	} {
+		// The UDP socket on the same address is not a backend: untouched.
+		want := tc.tcp + "\n" + tc.ip + ":" + tc.port + "\n"
+		if got := runCmd(t, cg, "python3", "-c", server, tc.ip, tc.port); got != want {
+			t.Errorf("server on %s:%s: getsockname printed %q, want %q", tc.ip, tc.port, got, want)
+		}
+	}
+}

@@ -23,12 +23,13 @@ import (
 
 func TestMain(m *testing.M) {
 	testenv.Main(m, map[string]testenv.Helper{
-		"http-get":  helperHTTPGet,
-		"dial-loop": helperDialLoop,
-		"refused":   helperRefused,
-		"udp-multi": helperUDPMulti,
-		"load":      helperLoad,
-		"crr":       helperCRR,
+		"http-get":      helperHTTPGet,
+		"dial-loop":     helperDialLoop,
+		"refused":       helperRefused,
+		"udp-multi":     helperUDPMulti,
+		"load":          helperLoad,
+		"crr":           helperCRR,
+		"udp-connected": helperUDPConnected,
 	})
 }
 

@@ -1,11 +1,14 @@
 package lb
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -98,4 +101,69 @@ func TestUnconnectedUDPTwoVIPs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Connected UDP: every datagram of one socket goes to the same backend
+// (per-socket stable choice), replies are read back, and the socket's peer
+// is the VIP. Sockets spread over the backends.
+func TestConnectedUDPStable(t *testing.T) {
+	d, cg, _ := newDatapath(t)
+	var bs []netip.AddrPort
+	for i := range 3 {
+		bs = append(bs, startUDPEcho(t, fmt.Sprintf("127.0.0.%d:0", 61+i)))
+	}
+	mustApply(t, d, svc("198.18.8.1", 6000, UDP, bs...))
+	out := runHelper(t, cg, "udp-connected", "198.18.8.1:6000", "30", "10")
+	seen := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		// "<peer> <backend> <backend> ..." for each socket
+		f := strings.Fields(line)
+		if f[0] != "198.18.8.1:6000" {
+			t.Errorf("socket peer %s, want the VIP", f[0])
+		}
+		for _, b := range f[2:] {
+			if b != f[1] {
+				t.Errorf("one socket reached %s and %s: not stable", f[1], b)
+			}
+		}
+		seen[f[1]]++
+	}
+	if len(seen) < 2 {
+		t.Errorf("30 sockets all went to %v: not spread", seen)
+	}
+	t.Logf("sockets per backend: %v", seen)
+}
+
+// helperUDPConnected: args vip:port sockets datagrams. Each socket is
+// connected to the VIP, sends datagrams and prints its peer and the
+// backend that answered each one.
+func helperUDPConnected(args []string) int {
+	var sockets, datagrams int
+	fmt.Sscan(args[1], &sockets)
+	fmt.Sscan(args[2], &datagrams)
+	for range sockets {
+		c, err := net.Dial("udp", args[0])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		line := []string{c.RemoteAddr().String()}
+		buf := make([]byte, 1500)
+		for i := range datagrams {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := fmt.Fprintf(c, "d%d", i); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			n, err := c.Read(buf)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			line = append(line, strings.Fields(string(buf[:n]))[0])
+		}
+		c.Close()
+		fmt.Println(strings.Join(line, " "))
+	}
+	return 0
 }
