@@ -363,6 +363,9 @@ func (w *writer) checkCapacity(ds []Service) error {
 	if need := len(ds) + backends + peak; need > w.limits.counters {
 		errs = append(errs, fmt.Errorf("services need %d counters, the map holds %d", need, w.limits.counters))
 	}
+	if need := len(wantedLocals(ds)); need > w.limits.localNames {
+		errs = append(errs, fmt.Errorf("services with local names need %d local-name entries, the map holds %d", need, w.limits.localNames))
+	}
 	return errors.Join(errs...)
 }
 
