@@ -75,19 +75,17 @@ struct counters {
 	__u64 refused;      /* connects/sends refused: no backend */
 };
 
-/* What a reverse translation restores: the VIP the application asked for,
- * plus the backend it was sent to, so a read can check it is the same. */
+/* What a reverse translation restores: the VIP the application asked for
+ * (and its protocol, to re-check that the service still exists). */
 struct rev_value {
 	__u32 vip[4];
 	__u16 vip_port;
 	__u8 proto;
 	__u8 pad;
-	__u32 backend[4];
-	__u16 backend_port;
-	__u16 pad2;
 };
 
-/* Reverse key: one socket may talk to many VIPs (unconnected UDP). */
+/* Reverse key: the socket and the backend it was sent to. One socket may
+ * talk to many VIPs (unconnected UDP). */
 struct rev_key {
 	__u64 cookie;
 	__u32 backend[4];
@@ -302,16 +300,12 @@ static __always_inline __u32 socket_entropy(__u64 cookie)
 }
 
 static __always_inline void fill_rev(struct rev_value *rev,
-				     const struct svc_key *key,
-				     const struct backend *be)
+				     const struct svc_key *key)
 {
 	addr_copy(rev->vip, key->addr);
 	rev->vip_port = key->port;
 	rev->proto = key->proto;
 	rev->pad = 0;
-	addr_copy(rev->backend, be->addr);
-	rev->backend_port = be->port;
-	rev->pad2 = 0;
 }
 
 /* service_exists re-checks, on every reverse read, that the VIP still names
@@ -353,9 +347,9 @@ static __always_inline void remember_reverse(struct bpf_sock_addr *ctx,
 	rk.cookie = bpf_get_socket_cookie(ctx);
 	addr_copy(rk.backend, be->addr);
 	rk.backend_port = be->port;
-	fill_rev(&rv, key, be);
+	fill_rev(&rv, key);
 	if (fresh)
-		goto write; /* connect: skip the lookup, it costs ~250 ns */
+		goto write; /* connect: a new socket has no entry to compare */
 	old = bpf_map_lookup_elem(&sm_rev, &rk);
 	if (old && addr_eq(old->vip, rv.vip) && old->vip_port == rv.vip_port &&
 	    old->proto == rv.proto)

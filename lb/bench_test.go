@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func helperCRR(args []string) int {
 		c.Close()
 	}
 	elapsed := time.Since(start)
-	sortDurations(durs)
+	slices.Sort(durs)
 	fmt.Printf("%f %d %d\n", float64(n)/elapsed.Seconds(), durs[n/2], durs[n*99/100])
 	return 0
 }

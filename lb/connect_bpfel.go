@@ -53,14 +53,11 @@ type connectRevKey struct {
 }
 
 type connectRevValue struct {
-	_           structs.HostLayout
-	Vip         [4]uint32
-	VipPort     uint16
-	Proto       uint8
-	Pad         uint8
-	Backend     [4]uint32
-	BackendPort uint16
-	Pad2        uint16
+	_       structs.HostLayout
+	Vip     [4]uint32
+	VipPort uint16
+	Proto   uint8
+	Pad     uint8
 }
 
 type connectSvcKey struct {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -276,7 +277,7 @@ func helperRefused(args []string) int {
 		durs = append(durs, time.Since(start))
 		syscall.Close(fd)
 	}
-	sortDurations(durs)
+	slices.Sort(durs)
 	name := "ok"
 	var errno syscall.Errno
 	if errors.As(last, &errno) {
@@ -298,14 +299,6 @@ func errnoName(e syscall.Errno) string {
 		return "EPERM"
 	}
 	return fmt.Sprintf("errno%d", int(e))
-}
-
-func sortDurations(d []time.Duration) {
-	for i := 1; i < len(d); i++ {
-		for j := i; j > 0 && d[j] < d[j-1]; j-- {
-			d[j], d[j-1] = d[j-1], d[j]
-		}
-	}
 }
 
 // helperUDPMulti: args vip1:port vip2:port [network]. From ONE unconnected
