@@ -288,7 +288,8 @@ func (w *writer) apply(desired []Service) (ApplyStats, error) {
 	if err != nil {
 		return ApplyStats{}, fmt.Errorf("apply services: %w", err)
 	}
-	if err := w.checkCapacity(ds); err != nil {
+	locals := wantedLocals(ds)
+	if err := w.checkCapacity(ds, len(locals)); err != nil {
 		return ApplyStats{}, fmt.Errorf("apply services: %w", err)
 	}
 	w.writes = 0
@@ -328,10 +329,10 @@ func (w *writer) apply(desired []Service) (ApplyStats, error) {
 			errs = append(errs, err)
 		}
 	}
-	if err := w.putLocals(ds); err != nil {
+	if err := w.putLocals(locals); err != nil {
 		errs = append(errs, err)
 	}
-	if err := w.sweep(ds); err != nil {
+	if err := w.sweep(locals); err != nil {
 		errs = append(errs, err)
 	}
 	st.Writes = w.writes
@@ -345,7 +346,7 @@ func compareSvcKey(a, b svcKey) int { return keyOf(a).compare(keyOf(b)) }
 
 // checkCapacity refuses a set that would overflow a map, counting the old
 // slot region a service keeps while its new one is written.
-func (w *writer) checkCapacity(ds []Service) error {
+func (w *writer) checkCapacity(ds []Service, locals int) error {
 	entries, backends, peak := 0, 0, 0
 	for _, s := range ds {
 		n := slotCount(s.Backends)
@@ -363,7 +364,7 @@ func (w *writer) checkCapacity(ds []Service) error {
 	if need := len(ds) + backends + peak; need > w.limits.counters {
 		errs = append(errs, fmt.Errorf("services need %d counters, the map holds %d", need, w.limits.counters))
 	}
-	if need := len(wantedLocals(ds)); need > w.limits.localNames {
+	if need := locals; need > w.limits.localNames {
 		errs = append(errs, fmt.Errorf("services with local names need %d local-name entries, the map holds %d", need, w.limits.localNames))
 	}
 	return errors.Join(errs...)
@@ -505,8 +506,8 @@ func (w *writer) sweepBackends(svc uint32, keep map[uint32]bool) error {
 
 // putLocals writes the getsockname entries of the services that ask for
 // them (stale ones go in sweep).
-func (w *writer) putLocals(ds []Service) error {
-	for k, v := range wantedLocals(ds) {
+func (w *writer) putLocals(wanted map[localKey]localValue) error {
+	for k, v := range wanted {
 		if cur, ok := w.locals[k]; ok && cur == v {
 			continue
 		}
@@ -533,7 +534,7 @@ func wantedLocals(ds []Service) map[localKey]localValue {
 
 // sweep deletes whatever no live service references: leftovers of failed
 // applies, of removed services, and of what a restart found in the maps.
-func (w *writer) sweep(ds []Service) error {
+func (w *writer) sweep(wanted map[localKey]localValue) error {
 	for _, k := range slices.SortedFunc(maps.Keys(w.services), compareSvcKey) {
 		if err := w.sweepService(k); err != nil {
 			return err
@@ -552,7 +553,6 @@ func (w *writer) sweep(ds []Service) error {
 			}
 		}
 	}
-	wanted := wantedLocals(ds)
 	for _, k := range slices.SortedFunc(maps.Keys(w.locals), compareLocalKey) {
 		if _, ok := wanted[k]; !ok {
 			if err := w.deleteLocal(k); err != nil {
