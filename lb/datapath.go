@@ -150,11 +150,11 @@ func (d *Datapath) load(opts Options) error {
 		localNames: kernelTable[localKey, localValue]{d.maps["sm_local_names"]},
 		meta:       kernelTable[uint32, uint64]{meta},
 	}
-	lim := limits{
-		services:   int(d.maps["sm_services"].MaxEntries()),
-		backends:   int(d.maps["sm_backends"].MaxEntries()),
-		counters:   int(d.maps["sm_counters"].MaxEntries()),
-		localNames: int(d.maps["sm_local_names"].MaxEntries()),
+	lim := Limits{
+		ServiceEntries: int(d.maps["sm_services"].MaxEntries()),
+		Backends:       int(d.maps["sm_backends"].MaxEntries()),
+		Counters:       int(d.maps["sm_counters"].MaxEntries()),
+		LocalNames:     int(d.maps["sm_local_names"].MaxEntries()),
 	}
 	d.w, err = newWriter(d.tables, lim)
 	return err

@@ -165,6 +165,10 @@ func reducedWeights(backends []Backend) []uint32 {
 	return out
 }
 
+// SlotCount is how many service-map slots the backends take: the sum of
+// their weights after dividing them by their greatest common divisor.
+func SlotCount(backends []Backend) int { return slotCount(backends) }
+
 func slotCount(backends []Backend) int {
 	n := 0
 	for _, w := range reducedWeights(backends) {

@@ -32,7 +32,7 @@ type ApplyStats struct {
 // programs then re-read the master (select_backend in bpf/sockmesh.h).
 type writer struct {
 	t      tables
-	limits limits
+	limits Limits
 	nextID uint64
 
 	services map[svcKey]*mirrorService // by master key
@@ -42,11 +42,6 @@ type writer struct {
 	locals   map[localKey]localValue
 
 	writes int
-}
-
-// limits are the map capacities the writer may fill.
-type limits struct {
-	services, backends, counters, localNames int
 }
 
 type mirrorService struct {
@@ -60,7 +55,7 @@ func (ms *mirrorService) active(slot uint32) bool {
 }
 
 // newWriter restores the mirror from the maps.
-func newWriter(t tables, lim limits) (*writer, error) {
+func newWriter(t tables, lim Limits) (*writer, error) {
 	w := &writer{
 		t:        t,
 		limits:   lim,
@@ -289,7 +284,7 @@ func (w *writer) apply(desired []Service) (ApplyStats, error) {
 		return ApplyStats{}, fmt.Errorf("apply services: %w", err)
 	}
 	locals := wantedLocals(ds)
-	if err := w.checkCapacity(ds, len(locals)); err != nil {
+	if err := usageOf(ds, len(locals)).Fits(w.limits); err != nil {
 		return ApplyStats{}, fmt.Errorf("apply services: %w", err)
 	}
 	w.writes = 0
@@ -343,32 +338,6 @@ func (w *writer) apply(desired []Service) (ApplyStats, error) {
 }
 
 func compareSvcKey(a, b svcKey) int { return keyOf(a).compare(keyOf(b)) }
-
-// checkCapacity refuses a set that would overflow a map, counting the old
-// slot region a service keeps while its new one is written.
-func (w *writer) checkCapacity(ds []Service, locals int) error {
-	entries, backends, peak := 0, 0, 0
-	for _, s := range ds {
-		n := slotCount(s.Backends)
-		entries += 1 + n
-		backends += len(s.Backends)
-		peak = max(peak, n)
-	}
-	var errs []error
-	if need := entries + peak; need > w.limits.services {
-		errs = append(errs, fmt.Errorf("services need %d service-map entries (slots), the map holds %d: fewer services, backends or lower weights", need, w.limits.services))
-	}
-	if need := backends + peak; need > w.limits.backends {
-		errs = append(errs, fmt.Errorf("services need %d backend-map entries, the map holds %d", need, w.limits.backends))
-	}
-	if need := len(ds) + backends + peak; need > w.limits.counters {
-		errs = append(errs, fmt.Errorf("services need %d counters, the map holds %d", need, w.limits.counters))
-	}
-	if need := locals; need > w.limits.localNames {
-		errs = append(errs, fmt.Errorf("services with local names need %d local-name entries, the map holds %d", need, w.limits.localNames))
-	}
-	return errors.Join(errs...)
-}
 
 // applyService writes one added or changed service in the safe order.
 func (w *writer) applyService(s Service) error {

@@ -89,9 +89,9 @@ func (f *fake) tables() tables {
 	return tables{services: f.services, backends: f.backends, counters: f.counters, localNames: f.locals, meta: f.meta}
 }
 
-func (f *fake) limits() limits {
+func (f *fake) limits() Limits {
 	c := f.services.cap
-	return limits{services: c, backends: c, counters: 2 * c, localNames: c}
+	return Limits{ServiceEntries: c, Backends: c, Counters: 2 * c, LocalNames: c}
 }
 
 // resolve is what a connect() reading the maps right now can reach, per

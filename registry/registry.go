@@ -1,0 +1,469 @@
+// Package registry turns a directory of service files into the datapath's
+// service set and keeps the two in step: it reads services.d/, validates
+// every file alone and against the others, derives VIPs, applies the result
+// through the lb package, and watches the directory for changes. A bad file
+// never costs anything that works: its last good version stays live.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"sockmesh/lb"
+	"sockmesh/servicefile"
+)
+
+// Applier is the datapath as the registry uses it (*lb.Datapath).
+type Applier interface {
+	Apply([]lb.Service) (lb.ApplyStats, error)
+}
+
+// Options configure a Registry.
+type Options struct {
+	// Dir is the services directory. It need not exist yet.
+	Dir string
+	// Ranges are the VIP ranges; zero means DefaultRanges.
+	Ranges Ranges
+	// Limits are the datapath map sizes; zero means lb.DefaultLimits.
+	Limits lb.Limits
+	// Logger receives changes and problems; nil means slog.Default.
+	Logger *slog.Logger
+	// OnApply, if set, is called with each new snapshot once the datapath
+	// serves it (never before), from the registry's goroutine.
+	OnApply func(*Snapshot)
+}
+
+func (o *Options) setDefaults() error {
+	if o.Dir == "" {
+		return errors.New("no services directory")
+	}
+	o.Dir = filepath.Clean(o.Dir)
+	if o.Ranges == (Ranges{}) {
+		o.Ranges = DefaultRanges
+	}
+	if err := o.Ranges.Validate(); err != nil {
+		return err
+	}
+	if o.Limits == (lb.Limits{}) {
+		l, err := lb.DefaultLimits()
+		if err != nil {
+			return err
+		}
+		o.Limits = l
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
+// errorGrace is how long a file that fails to parse may still be in the
+// middle of being written in place: its error is held back that long after
+// its last modification, so a half-written file is not reported. Valid
+// contents are never held back.
+const errorGrace = 100 * time.Millisecond
+
+// retryDelay is how long the registry waits before applying again after
+// the datapath refused a write.
+const retryDelay = time.Second
+
+// Registry serves one services directory into a datapath.
+type Registry struct {
+	opts Options
+	dp   Applier
+	log  *slog.Logger
+
+	files map[string]*fileState
+	// dirErr is why the directory cannot be read (missing, bad owner or
+	// mode); while set, nothing is applied and the live set stays.
+	dirErr *servicefile.Error
+	// recheck holds files to read again once their error grace is over.
+	recheck map[string]time.Time
+	// dirty means the last apply failed and must be retried.
+	dirty bool
+	gen   uint64
+
+	snap      atomic.Pointer[Snapshot]
+	readyOnce sync.Once
+	ready     chan struct{}
+
+	// pause, when set by a test, is waited on before each batch of events.
+	pause func()
+}
+
+// New makes a registry for opts.Dir that applies to dp.
+func New(opts Options, dp Applier) (*Registry, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, fmt.Errorf("create registry: %w", err)
+	}
+	r := &Registry{
+		opts:    opts,
+		dp:      dp,
+		log:     opts.Logger,
+		files:   map[string]*fileState{},
+		recheck: map[string]time.Time{},
+		ready:   make(chan struct{}),
+	}
+	r.snap.Store(&Snapshot{Dir: opts.Dir})
+	return r, nil
+}
+
+// Snapshot returns what is served now.
+func (r *Registry) Snapshot() *Snapshot { return r.snap.Load() }
+
+// Ready is closed after the first apply: the datapath serves the directory
+// as it was when Run started (or the directory is missing and reported).
+func (r *Registry) Ready() <-chan struct{} { return r.ready }
+
+// Check reads a services directory and validates it without a datapath:
+// what Run would serve, and every problem it would report.
+func Check(opts Options) (*Snapshot, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, fmt.Errorf("check services: %w", err)
+	}
+	r := &Registry{opts: opts, log: slog.New(slog.DiscardHandler), files: map[string]*fileState{}, recheck: map[string]time.Time{}}
+	r.scanAll(false)
+	if r.dirErr != nil {
+		return nil, fmt.Errorf("check services: %w", r.dirErr)
+	}
+	p := assemble(opts.Dir, r.files, opts.Ranges, opts.Limits)
+	if err := lb.Validate(p.snap.Datapath, opts.Limits); err != nil {
+		p.snap.Errors = append(p.snap.Errors, &servicefile.Error{File: opts.Dir, Msg: err.Error()})
+	}
+	return p.snap, nil
+}
+
+// Run serves the directory until ctx ends: a full read and apply, then a
+// watch that applies each change as it lands.
+func (r *Registry) Run(ctx context.Context) error {
+	w, err := fsnotify.NewBufferedWatcher(4096)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", r.opts.Dir, err)
+	}
+	defer w.Close()
+	wt := &watches{w: w, dir: r.opts.Dir}
+	wt.refresh()
+	r.scanAll(true)
+	r.apply()
+
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		r.armTimer(timer)
+		var b batch
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return errors.New("watch services: watcher closed")
+			}
+			b.add(wt, ev)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return errors.New("watch services: watcher closed")
+			}
+			b.fail(err)
+		case <-timer.C:
+			b.due = true
+		}
+		// Take whatever else is already queued: a burst becomes one batch,
+		// while a lone change goes through at once, with no debounce.
+	drain:
+		for {
+			select {
+			case ev := <-w.Events:
+				b.add(wt, ev)
+			case err := <-w.Errors:
+				b.fail(err)
+			default:
+				break drain
+			}
+		}
+		if r.pause != nil {
+			r.pause()
+			b.drainAll(wt)
+		}
+		r.handle(wt, &b)
+	}
+}
+
+// batch is a set of events handled together.
+type batch struct {
+	paths  map[string]bool
+	rescan bool // the directory (or an ancestor) changed, or events were lost
+	due    bool // a recheck or retry timer fired
+}
+
+func (b *batch) add(wt *watches, ev fsnotify.Event) {
+	switch wt.classify(ev.Name) {
+	case inDir:
+		if b.paths == nil {
+			b.paths = map[string]bool{}
+		}
+		b.paths[ev.Name] = true
+	case onPath:
+		b.rescan = true
+	}
+}
+
+func (b *batch) fail(err error) {
+	// An overflow lost events; any other error may have too. Either way a
+	// full read puts things right.
+	b.rescan = true
+	_ = err
+}
+
+func (b *batch) drainAll(wt *watches) {
+	for {
+		select {
+		case ev := <-wt.w.Events:
+			b.add(wt, ev)
+		case err := <-wt.w.Errors:
+			b.fail(err)
+		default:
+			return
+		}
+	}
+}
+
+func (r *Registry) handle(wt *watches, b *batch) {
+	changed := false
+	if b.rescan {
+		r.log.Debug("reading the whole services directory", "dir", r.opts.Dir)
+		wt.refresh()
+		changed = r.scanAll(true)
+	} else {
+		now := time.Now()
+		for path, at := range r.recheck {
+			if b.due && !now.Before(at) {
+				b.paths = mapSet(b.paths, path)
+			}
+		}
+		for path := range b.paths {
+			changed = r.scanFile(path, true) || changed
+		}
+	}
+	if changed || r.dirty {
+		r.apply()
+	}
+}
+
+func mapSet(m map[string]bool, k string) map[string]bool {
+	if m == nil {
+		m = map[string]bool{}
+	}
+	m[k] = true
+	return m
+}
+
+func (r *Registry) armTimer(t *time.Timer) {
+	var next time.Time
+	for _, at := range r.recheck {
+		if next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	if r.dirty {
+		if at := time.Now().Add(retryDelay); next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	t.Stop()
+	if !next.IsZero() {
+		t.Reset(max(time.Until(next), 0))
+	}
+}
+
+// scanAll reads the directory and every file whose identity changed. It
+// reports whether anything the registry knows changed.
+func (r *Registry) scanAll(grace bool) bool {
+	dir := r.opts.Dir
+	var dirErr *servicefile.Error
+	entries, err := os.ReadDir(dir)
+	if err == nil {
+		err = checkDir(dir)
+	}
+	if err != nil {
+		msg := err.Error()
+		if errors.Is(err, fs.ErrNotExist) {
+			msg = "the services directory does not exist (yet): waiting for it; what is live stays live"
+		}
+		dirErr = &servicefile.Error{File: dir, Msg: msg}
+	}
+	changed := !sameError(r.dirErr, dirErr)
+	r.dirErr = dirErr
+	if dirErr != nil {
+		return changed
+	}
+	onDisk := map[string]bool{}
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		if !isServiceFile(e.Name()) {
+			r.log.Debug("ignoring a file that is not *.yaml or *.yml", "file", path)
+			continue
+		}
+		onDisk[path] = true
+		changed = r.scanFile(path, grace) || changed
+	}
+	for path := range r.files {
+		if !onDisk[path] {
+			delete(r.files, path)
+			delete(r.recheck, path)
+			changed = true
+		}
+	}
+	return changed
+}
+
+func sameError(a, b *servicefile.Error) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// scanFile brings what the registry knows of one file up to date, reading
+// it only when its identity (inode, size, times, owner, mode) changed.
+func (r *Registry) scanFile(path string, grace bool) bool {
+	if filepath.Dir(path) != r.opts.Dir || !isServiceFile(filepath.Base(path)) {
+		return false
+	}
+	delete(r.recheck, path)
+	id, err := statFile(path)
+	f := r.files[path]
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, errNotRegular):
+		if f == nil {
+			return false
+		}
+		delete(r.files, path)
+		return true
+	case err != nil:
+		// Unreadable, or owner or mode refused: the file is in error.
+		if f == nil {
+			f = &fileState{}
+			r.files[path] = f
+		}
+		f.id, f.cur = id, nil
+		f.errs = []*servicefile.Error{{File: path, Msg: err.Error()}}
+		return true
+	case f != nil && f.id == id:
+		return false
+	}
+	data, err := readFile(path, servicefile.MaxSize)
+	var svc *servicefile.Service
+	var errs []*servicefile.Error
+	if err != nil {
+		errs = []*servicefile.Error{{File: path, Msg: fmt.Sprintf("read: %v", err)}}
+	} else if svc, err = servicefile.Parse(path, data); err != nil {
+		if !errors.As(err, new(servicefile.Errors)) {
+			errs = []*servicefile.Error{{File: path, Msg: err.Error()}}
+		} else {
+			errs = err.(servicefile.Errors)
+		}
+		// A file being written in place may be caught half-written: give
+		// the writer errorGrace before reporting it.
+		if until := time.Unix(0, id.mtime).Add(errorGrace); grace && time.Now().Before(until) {
+			r.recheck[path] = until
+			return false
+		}
+	}
+	if f == nil {
+		f = &fileState{}
+		r.files[path] = f
+	}
+	f.id, f.cur, f.errs = id, svc, errs
+	return true
+}
+
+// apply assembles the desired set and hands it to the datapath. On
+// success the snapshot is published; on failure the live set stays and
+// the apply is retried.
+func (r *Registry) apply() {
+	defer r.readyOnce.Do(func() { close(r.ready) })
+	prev := r.snap.Load()
+	if r.dirErr != nil {
+		// Keep serving what is live; report why nothing is read.
+		s := *prev
+		s.Errors = append(slices.Clone(withoutFile(prev.Errors, r.opts.Dir)), r.dirErr)
+		r.publish(&s, prev)
+		return
+	}
+	p := assemble(r.opts.Dir, r.files, r.opts.Ranges, r.opts.Limits)
+	start := time.Now()
+	st, err := r.dp.Apply(p.snap.Datapath)
+	if err != nil {
+		r.dirty = true
+		r.log.Error("apply services: the datapath refused the change; what was live stays live, retrying", "err", err)
+		s := *prev
+		s.Errors = append(slices.Clone(withoutFile(prev.Errors, r.opts.Dir)), &servicefile.Error{File: r.opts.Dir, Msg: fmt.Sprintf("apply to the datapath: %v", err)})
+		r.publish(&s, prev)
+		return
+	}
+	r.dirty = false
+	p.snap.Applied = time.Now()
+	p.snap.ApplyTime = p.snap.Applied.Sub(start)
+	p.snap.Stats = st
+	for path, f := range r.files {
+		f.live = p.accepted[path]
+	}
+	if st.Added+st.Updated+st.Removed > 0 {
+		r.log.Info("services applied", "services", len(p.snap.Services), "added", st.Added, "updated", st.Updated, "removed", st.Removed, "took", p.snap.ApplyTime)
+	}
+	r.publish(p.snap, prev)
+}
+
+func withoutFile(es []*servicefile.Error, file string) []*servicefile.Error {
+	return slices.DeleteFunc(slices.Clone(es), func(e *servicefile.Error) bool { return e.File == file })
+}
+
+// publish stores s, logs what got broken or fixed, and tells OnApply.
+func (r *Registry) publish(s, prev *Snapshot) {
+	r.gen++
+	s.Generation = r.gen
+	sortErrors(s.Errors)
+	old := map[string]bool{}
+	for _, e := range prev.Errors {
+		old[e.Error()] = true
+	}
+	now := map[string]bool{}
+	for _, e := range s.Errors {
+		now[e.Error()] = true
+		if !old[e.Error()] {
+			r.log.Warn("service file refused; its last good version stays live", "err", e.Error())
+		}
+	}
+	fixed := map[string]bool{}
+	for _, e := range prev.Errors {
+		_, exists := r.files[e.File]
+		if exists && !now[e.Error()] && !fixed[e.File] && !slices.ContainsFunc(s.Errors, func(x *servicefile.Error) bool { return x.File == e.File }) {
+			fixed[e.File] = true
+			r.log.Info("service file is fine again", "file", e.File)
+		}
+	}
+	oldC := map[string]bool{}
+	for _, c := range prev.Collisions {
+		oldC[c.String()] = true
+	}
+	for _, c := range s.Collisions {
+		if !oldC[c.String()] {
+			r.log.Warn("derived VIP collision", "detail", c.String())
+		}
+	}
+	r.snap.Store(s)
+	if r.opts.OnApply != nil {
+		r.opts.OnApply(s)
+	}
+}

@@ -1,0 +1,69 @@
+package servicefile
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"sockmesh/lb"
+)
+
+// FuzzParse feeds the parser arbitrary bytes. It must never panic; what it
+// accepts the datapath must accept too; what it refuses comes with errors
+// that name the file.
+func FuzzParse(f *testing.F) {
+	paths, _ := filepath.Glob("../services.d/*.yaml")
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	for _, s := range []string{
+		"name: web\nports: [80]\nbackends: [127.0.0.1:8080]\n",
+		"name: dns\nports: [53/udp, 53/tcp]\nbackends: ['[fd00::1]:53']\n",
+		"name: x\nvip: [198.18.0.1, 'fd6d:6573:6800::1']\nports: [{port: 443, name: https}]\nbackends: [{address: 10.0.0.1, weight: 3, ports: {https: 8443}}]\n",
+		"name: x\nvip: 198.18.0.1\nports: [80, 81]\nbackends: [10.0.0.1:80]\nlocal_name: true\n",
+		"a: &x 1\nb: *x\n",
+		"name: [\n",
+		"- 1\n",
+		"",
+	} {
+		f.Add([]byte(s))
+	}
+	lim := lb.Limits{ServiceEntries: 1 << 20, Backends: 1 << 20, Counters: 1 << 20, LocalNames: 1 << 20}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := Parse("f.yaml", data)
+		if err != nil {
+			var es Errors
+			if !errors.As(err, &es) || len(es) == 0 {
+				t.Fatalf("error %v is not a non-empty Errors", err)
+			}
+			for _, e := range es {
+				if e.File != "f.yaml" || e.Msg == "" {
+					t.Fatalf("error without file or message: %+v", e)
+				}
+			}
+			return
+		}
+		vips := s.VIPs
+		if len(vips) == 0 {
+			for _, fam := range s.Families {
+				if fam == IPv4 {
+					vips = append(vips, netip.MustParseAddr("198.18.0.1"))
+				} else {
+					vips = append(vips, netip.MustParseAddr("fd6d:6573:6800::1"))
+				}
+			}
+		}
+		if len(vips) == 0 {
+			t.Fatalf("accepted a service with no VIP family: %+v", s)
+		}
+		if err := lb.Validate(s.LBServices(vips), lim); err != nil {
+			t.Fatalf("parser accepted what the datapath refuses: %v\ninput: %q", err, data)
+		}
+	})
+}

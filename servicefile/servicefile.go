@@ -1,0 +1,178 @@
+// Package servicefile parses one sockmesh service file: a small YAML
+// document that names a service, its ports and its backends. Errors name
+// the file, line, column and field, say what is wrong and what is allowed.
+//
+// The smallest useful file is three lines:
+//
+//	name: web
+//	ports: [80]
+//	backends: [127.0.0.1:8080]
+package servicefile
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"sockmesh/lb"
+)
+
+// Service is a parsed, self-consistent service file. Checks that need the
+// other files or the configuration (duplicate names, VIP ranges, map
+// capacity) are the registry's.
+type Service struct {
+	Name string
+	// VIPs are the addresses the file sets (at most one per family). When
+	// empty, the registry derives one per family in Families.
+	VIPs []netip.Addr
+	// Families are the address families of the VIPs: those of VIPs when
+	// set, otherwise those the backends can serve.
+	Families []Family
+	Ports    []Port
+	Backends []Backend
+	// LocalName makes getsockname on a backend's socket report the VIP.
+	LocalName bool
+
+	// Where each part was written, for errors found later.
+	NamePos Pos
+	VIPPos  []Pos
+}
+
+// Family is an address family of a VIP.
+type Family uint8
+
+// The families a service can have a VIP in.
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+func (f Family) String() string { return fmt.Sprintf("IPv%d", uint8(f)) }
+
+// FamilyOf returns the family of a.
+func FamilyOf(a netip.Addr) Family {
+	if a.Unmap().Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// Port is one port the VIP listens on.
+type Port struct {
+	Number uint16
+	Proto  lb.Proto
+	// Name is the port's service name for DNS SRV records (_name._proto),
+	// empty when unnamed.
+	Name string
+	Pos  Pos
+}
+
+func (p Port) String() string { return fmt.Sprintf("%d/%s", p.Number, p.Proto) }
+
+// Backend is one destination of the service.
+type Backend struct {
+	Addr netip.Addr
+	// Port is the backend port for every service port, or 0 to use the
+	// service port's own number.
+	Port   uint16
+	Weight uint16
+	// Ports maps a service port (by name or number, as written) to the
+	// backend port that serves it, overriding Port.
+	Ports map[string]uint16
+	Pos   Pos
+}
+
+// TargetPort is the backend port that serves service port p.
+func (b Backend) TargetPort(p Port) uint16 {
+	if p.Name != "" {
+		if n, ok := b.Ports[p.Name]; ok {
+			return n
+		}
+	}
+	if n, ok := b.Ports[fmt.Sprint(p.Number)]; ok {
+		return n
+	}
+	if n, ok := b.Ports[p.String()]; ok {
+		return n
+	}
+	if b.Port != 0 {
+		return b.Port
+	}
+	return p.Number
+}
+
+// LBServices expands the service into one datapath service per VIP and
+// port. vips are the service's VIPs (given or derived).
+func (s *Service) LBServices(vips []netip.Addr) []lb.Service {
+	out := make([]lb.Service, 0, len(vips)*len(s.Ports))
+	for _, vip := range vips {
+		for _, p := range s.Ports {
+			ls := lb.Service{
+				Key:       lb.ServiceKey{VIP: vip, Port: p.Number, Proto: p.Proto},
+				LocalName: s.LocalName,
+				Backends:  make([]lb.Backend, 0, len(s.Backends)),
+			}
+			for _, b := range s.Backends {
+				ls.Backends = append(ls.Backends, lb.Backend{
+					Addr:   netip.AddrPortFrom(b.Addr, b.TargetPort(p)),
+					Weight: b.Weight,
+				})
+			}
+			out = append(out, ls)
+		}
+	}
+	return out
+}
+
+// Pos is a place in a file (1-based; 0 when unknown).
+type Pos struct {
+	Line, Column int
+}
+
+// Error is one problem in a service file.
+type Error struct {
+	File string
+	Pos
+	// Field is the path to the offending value, e.g. "backends[1].weight";
+	// empty for problems with the whole file.
+	Field string
+	Msg   string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+		if e.Column > 0 {
+			fmt.Fprintf(&b, ":%d", e.Column)
+		}
+	}
+	b.WriteString(": ")
+	if e.Field != "" {
+		b.WriteString(e.Field)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Errors are all the problems found in one file, in file order.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// Unwrap lets errors.As find each *Error.
+func (es Errors) Unwrap() []error {
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
+	}
+	return out
+}
