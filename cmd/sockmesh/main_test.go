@@ -1,0 +1,264 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"sockmesh/internal/testenv"
+	"sockmesh/lb"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	// Build the real binary once; the tests run it as users do.
+	dir, err := os.MkdirTemp("", "sockmesh-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "sockmesh")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build sockmesh: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	defer os.RemoveAll(dir)
+	testenv.Main(m, nil)
+}
+
+// sockmesh runs the binary and returns stdout, stderr and the exit code.
+func sockmesh(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return stdout.String(), stderr.String(), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), 0
+}
+
+func TestCheckExamples(t *testing.T) {
+	out, errOut, code := sockmesh(t, "check", "../../services.d")
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{"SERVICE", "hello", "198.18.0.80", "127.0.0.1:8083 (weight 2)", "(derived)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestCheckErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := "name: web\nports: [80]\nbackends: [10.0.0.1:99999]\n"
+	if err := os.WriteFile(filepath.Join(dir, "web.yaml"), []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := sockmesh(t, "check", dir)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	want := dir + `/web.yaml:3:12: backends[0]: "10.0.0.1:99999" is not an IP address with optional port`
+	if !strings.Contains(errOut, want) {
+		t.Fatalf("stderr lacks %q:\n%s", want, errOut)
+	}
+	out, _, code := sockmesh(t, "check", "-o", "json", dir)
+	if code != 1 {
+		t.Fatalf("json: exit %d, want 1", code)
+	}
+	var js checkJSON
+	if err := json.Unmarshal([]byte(out), &js); err != nil {
+		t.Fatalf("json output: %v\n%s", err, out)
+	}
+	if len(js.Errors) != 1 || js.Errors[0].Line != 3 || js.Errors[0].Field != "backends[0]" {
+		t.Fatalf("json errors %+v", js.Errors)
+	}
+	if _, errOut, code := sockmesh(t, "check", filepath.Join(dir, "missing")); code != 1 || !strings.Contains(errOut, "does not exist") {
+		t.Fatalf("missing dir: exit %d: %s", code, errOut)
+	}
+}
+
+// TestRunServesExamples is the README's run command on a copy of the
+// shipped services.d/: the example VIPs answer, a file dropped while it
+// runs is served, and after SIGTERM the pinned datapath keeps serving.
+func TestRunServesExamples(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.NewCgroup(t)
+	pinDir := filepath.Join(testenv.BPFFS(t), "sockmesh")
+	t.Cleanup(func() {
+		if err := lb.Remove(pinDir); err != nil {
+			t.Errorf("remove datapath: %v", err)
+		}
+	})
+	dir := filepath.Join(t.TempDir(), "services.d")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	examples, _ := filepath.Glob("../../services.d/*.yaml")
+	for _, p := range examples {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(p)), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The example backends.
+	for _, port := range []int{8081, 8082, 8083, 8084, 8444, 9090} {
+		serveHTTP(t, fmt.Sprintf("127.0.0.1:%d", port))
+	}
+
+	ready := filepath.Join(t.TempDir(), "ready")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	daemon := exec.CommandContext(ctx, binary, "run", "--services", dir, "--cgroup", cg.Path, "--pin-dir", pinDir, "--ready-file", ready)
+	var logs bytes.Buffer
+	daemon.Stdout, daemon.Stderr = &logs, &logs
+	daemon.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- daemon.Wait() }()
+	defer func() {
+		if daemon.ProcessState == nil {
+			daemon.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", logs.String())
+		}
+	}()
+	waitFile(t, ready, exited)
+
+	vips := checkVIPs(t, dir)
+	curlOK(t, cg, "http://"+vips["hello"]+"/", "127.0.0.1:8081")
+	curlOK(t, cg, "http://198.18.0.80/", "127.0.0.1:8084")
+	curlOK(t, cg, "http://[fd6d:6573:6800::80]:443/", "127.0.0.1:8444")
+
+	// A file dropped while it runs.
+	tmp := filepath.Join(dir, ".extra.yaml")
+	if err := os.WriteFile(tmp, []byte("name: extra\nports: [80]\nbackends: [127.0.0.1:9090]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "extra.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	vips = checkVIPs(t, dir)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		body, code := curl(t, cg, "http://"+vips["extra"]+"/")
+		if body == "backend 127.0.0.1:9090" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("new file not served after 2s: %q (exit %d)", body, code)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// SIGTERM: the daemon exits cleanly and traffic keeps flowing.
+	daemon.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("daemon exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not stop on SIGTERM")
+	}
+	curlOK(t, cg, "http://"+vips["extra"]+"/", "127.0.0.1:9090")
+}
+
+func serveHTTP(t *testing.T, addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, "backend %s\n", addr)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}
+
+func waitFile(t *testing.T, path string, exited <-chan error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("daemon exited before ready: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon not ready after 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// checkVIPs asks `sockmesh check -o json` for each service's IPv4 VIP.
+func checkVIPs(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out, errOut, code := sockmesh(t, "check", "-o", "json", dir)
+	if code != 0 {
+		t.Fatalf("check: exit %d: %s", code, errOut)
+	}
+	var js checkJSON
+	if err := json.Unmarshal([]byte(out), &js); err != nil {
+		t.Fatal(err)
+	}
+	vips := map[string]string{}
+	for _, s := range js.Services {
+		vips[s.Name] = s.VIPs[0]
+	}
+	return vips
+}
+
+func curl(t *testing.T, cg *testenv.Cgroup, url string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := cg.Command(ctx, t, "curl", "-sS", "--max-time", "3", url).CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out)), 0
+}
+
+func curlOK(t *testing.T, cg *testenv.Cgroup, url, backend string) {
+	t.Helper()
+	if body, code := curl(t, cg, url); body != "backend "+backend {
+		t.Fatalf("curl %s: %q (exit %d), want backend %s", url, body, code, backend)
+	}
+}
