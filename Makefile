@@ -12,7 +12,7 @@ GO_TEST_FLAGS ?= -count=1
 # Debian packages the build and the tests need.
 APT_PACKAGES := clang-14 llvm-14 libbpf-dev dnsutils curl python3
 
-.PHONY: help deps generate check-generated build test bench lint
+.PHONY: help deps generate check-generated build test fuzz bench run lint
 
 help: ## Show the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,9 +40,17 @@ build: ## Build everything.
 test: deps check-generated ## Install what the tests need and run them all (root runs the kernel tests).
 	go vet ./...
 	go test $(GO_TEST_FLAGS) ./...
+	$(MAKE) fuzz FUZZTIME=20s
+
+FUZZTIME ?= 60s
+fuzz: ## Fuzz the service-file parser for FUZZTIME (default 60s).
+	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./servicefile
 
 bench: deps ## Run the benchmarks: ratios against a baseline measured in the same run.
-	go test -run '^$$' -bench . -benchtime=1x ./lb
+	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry
+
+run: ## Run sockmesh on the shipped services.d/, scoped to the cgroup sockmesh-demo (root).
+	go run ./cmd/sockmesh run --services ./services.d --cgroup sockmesh-demo --pin-dir /sys/fs/bpf/sockmesh-demo
 
 lint: ## gofmt, go vet, staticcheck.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt: $$out"; exit 1; }

@@ -111,3 +111,15 @@ func Validate(services []Service, l Limits) error {
 	}
 	return nil
 }
+
+// Remove uncounts a service counted with Add. Peak stays: it is an upper
+// bound, which errs on the side of refusing.
+func (u *Usage) Remove(s Service) {
+	n := slotCount(s.Backends)
+	u.ServiceEntries -= 1 + n
+	u.Backends -= len(s.Backends)
+	u.Counters -= 1 + len(s.Backends)
+	if s.LocalName {
+		u.LocalNames -= len(s.Backends)
+	}
+}

@@ -40,6 +40,8 @@ type writer struct {
 	bySvc    map[uint32]map[uint32]bool // service id -> its backend ids
 	counters map[uint32]bool
 	locals   map[localKey]localValue
+	// entries counts the service-map entries the mirror holds.
+	entries int
 
 	writes int
 }
@@ -68,6 +70,7 @@ func newWriter(t tables, lim Limits) (*writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read services: %w", err)
 	}
+	w.entries = len(svcs)
 	for k, v := range svcs {
 		ms := w.service(k)
 		if k.Slot == 0 {
@@ -133,8 +136,14 @@ func (w *writer) putSlot(k svcKey, v svcValue) error {
 	w.writes++
 	ms := w.service(k)
 	if k.Slot == 0 {
+		if !ms.hasMaster {
+			w.entries++
+		}
 		ms.master, ms.hasMaster = v, true
 	} else {
+		if _, ok := ms.slots[k.Slot]; !ok {
+			w.entries++
+		}
 		ms.slots[k.Slot] = v.Id
 	}
 	return nil
@@ -147,8 +156,14 @@ func (w *writer) deleteSlot(k svcKey) error {
 	w.writes++
 	ms := w.service(k)
 	if k.Slot == 0 {
+		if ms.hasMaster {
+			w.entries--
+		}
 		ms.master, ms.hasMaster = svcValue{}, false
 	} else {
+		if _, ok := ms.slots[k.Slot]; ok {
+			w.entries--
+		}
 		delete(ms.slots, k.Slot)
 	}
 	if !ms.hasMaster && len(ms.slots) == 0 {

@@ -7,5 +7,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testenv.Main(m, nil)
+	testenv.Main(m, map[string]testenv.Helper{
+		"rename-dial": helperRenameDial,
+	})
 }

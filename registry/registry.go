@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,9 +25,12 @@ import (
 	"sockmesh/servicefile"
 )
 
-// Applier is the datapath as the registry uses it (*lb.Datapath).
+// Applier is the datapath as the registry uses it (*lb.Datapath): Apply
+// converges to a whole set (at start and after a failure), Update changes
+// only what one batch of file changes touched.
 type Applier interface {
 	Apply([]lb.Service) (lb.ApplyStats, error)
+	Update(put []lb.Service, remove []lb.ServiceKey) (lb.ApplyStats, error)
 }
 
 // Options configure a Registry.
@@ -92,6 +96,11 @@ type Registry struct {
 	recheck map[string]time.Time
 	// dirty means the last apply failed and must be retried.
 	dirty bool
+	// model is the accepted set as applied; nil forces a full rebuild and
+	// a whole-set Apply (at start, and after a failed apply).
+	model *model
+	// pending are the files changed since the last apply.
+	pending map[string]bool
 	gen   uint64
 
 	snap      atomic.Pointer[Snapshot]
@@ -113,6 +122,7 @@ func New(opts Options, dp Applier) (*Registry, error) {
 		log:     opts.Logger,
 		files:   map[string]*fileState{},
 		recheck: map[string]time.Time{},
+		pending: map[string]bool{},
 		ready:   make(chan struct{}),
 	}
 	r.snap.Store(&Snapshot{Dir: opts.Dir})
@@ -132,16 +142,18 @@ func Check(opts Options) (*Snapshot, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, fmt.Errorf("check services: %w", err)
 	}
-	r := &Registry{opts: opts, log: slog.New(slog.DiscardHandler), files: map[string]*fileState{}, recheck: map[string]time.Time{}}
+	r := &Registry{opts: opts, log: slog.New(slog.DiscardHandler), files: map[string]*fileState{}, recheck: map[string]time.Time{}, pending: map[string]bool{}}
 	r.scanAll(false)
 	if r.dirErr != nil {
 		return nil, fmt.Errorf("check services: %w", r.dirErr)
 	}
-	p := assemble(opts.Dir, r.files, opts.Ranges, opts.Limits)
-	if err := lb.Validate(p.snap.Datapath, opts.Limits); err != nil {
-		p.snap.Errors = append(p.snap.Errors, &servicefile.Error{File: opts.Dir, Msg: err.Error()})
+	m := newModel(opts.Ranges, opts.Limits)
+	m.update(r.files, slices.Collect(maps.Keys(r.files)))
+	snap := m.snapshot(opts.Dir, r.files)
+	if err := lb.Validate(snap.Datapath(), opts.Limits); err != nil {
+		snap.Errors = append(snap.Errors, &servicefile.Error{File: opts.Dir, Msg: err.Error()})
 	}
-	return p.snap, nil
+	return snap, nil
 }
 
 // Run serves the directory until ctx ends: a full read and apply, then a
@@ -321,6 +333,7 @@ func (r *Registry) scanAll(grace bool) bool {
 		if !onDisk[path] {
 			delete(r.files, path)
 			delete(r.recheck, path)
+			r.pending[path] = true
 			changed = true
 		}
 	}
@@ -349,6 +362,7 @@ func (r *Registry) scanFile(path string, grace bool) bool {
 			return false
 		}
 		delete(r.files, path)
+		r.pending[path] = true
 		return true
 	case err != nil:
 		// Unreadable, or owner or mode refused: the file is in error.
@@ -358,6 +372,7 @@ func (r *Registry) scanFile(path string, grace bool) bool {
 		}
 		f.id, f.cur = id, nil
 		f.errs = []*servicefile.Error{{File: path, Msg: err.Error()}}
+		r.pending[path] = true
 		return true
 	case f != nil && f.id == id:
 		return false
@@ -385,6 +400,7 @@ func (r *Registry) scanFile(path string, grace bool) bool {
 		r.files[path] = f
 	}
 	f.id, f.cur, f.errs = id, svc, errs
+	r.pending[path] = true
 	return true
 }
 
@@ -401,11 +417,27 @@ func (r *Registry) apply() {
 		r.publish(&s, prev)
 		return
 	}
-	p := assemble(r.opts.Dir, r.files, r.opts.Ranges, r.opts.Limits)
+	full := r.model == nil
+	paths := slices.Collect(maps.Keys(r.pending))
+	if full {
+		r.model = newModel(r.opts.Ranges, r.opts.Limits)
+		paths = slices.Collect(maps.Keys(r.files))
+	}
+	clear(r.pending)
+	dl := r.model.update(r.files, paths)
+	snap := r.model.snapshot(r.opts.Dir, r.files)
 	start := time.Now()
-	st, err := r.dp.Apply(p.snap.Datapath)
+	var st lb.ApplyStats
+	var err error
+	if full {
+		st, err = r.dp.Apply(snap.Datapath())
+	} else {
+		put, remove := dl.change()
+		st, err = r.dp.Update(put, remove)
+	}
 	if err != nil {
 		r.dirty = true
+		r.model = nil // what is applied is unknown: converge in full next time
 		r.log.Error("apply services: the datapath refused the change; what was live stays live, retrying", "err", err)
 		s := *prev
 		s.Errors = append(slices.Clone(withoutFile(prev.Errors, r.opts.Dir)), &servicefile.Error{File: r.opts.Dir, Msg: fmt.Sprintf("apply to the datapath: %v", err)})
@@ -413,16 +445,18 @@ func (r *Registry) apply() {
 		return
 	}
 	r.dirty = false
-	p.snap.Applied = time.Now()
-	p.snap.ApplyTime = p.snap.Applied.Sub(start)
-	p.snap.Stats = st
-	for path, f := range r.files {
-		f.live = p.accepted[path]
+	snap.Applied = time.Now()
+	snap.ApplyTime = snap.Applied.Sub(start)
+	snap.Stats = st
+	for _, path := range dl.paths {
+		if f := r.files[path]; f != nil {
+			f.live = r.model.accepted[path]
+		}
 	}
 	if st.Added+st.Updated+st.Removed > 0 {
-		r.log.Info("services applied", "services", len(p.snap.Services), "added", st.Added, "updated", st.Updated, "removed", st.Removed, "took", p.snap.ApplyTime)
+		r.log.Info("services applied", "services", len(snap.Services), "added", st.Added, "updated", st.Updated, "removed", st.Removed, "took", snap.ApplyTime)
 	}
-	r.publish(p.snap, prev)
+	r.publish(snap, prev)
 }
 
 func withoutFile(es []*servicefile.Error, file string) []*servicefile.Error {

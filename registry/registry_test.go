@@ -39,6 +39,20 @@ func (f *fakeDP) Apply(s []lb.Service) (lb.ApplyStats, error) {
 	return lb.ApplyStats{Added: 1}, nil
 }
 
+func (f *fakeDP) Update(put []lb.Service, remove []lb.ServiceKey) (lb.ApplyStats, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.applies++
+	if f.fail != nil {
+		return lb.ApplyStats{}, f.fail
+	}
+	f.set = slices.DeleteFunc(f.set, func(s lb.Service) bool {
+		return slices.Contains(remove, s.Key) || slices.ContainsFunc(put, func(p lb.Service) bool { return p.Key == s.Key })
+	})
+	f.set = append(f.set, put...)
+	return lb.ApplyStats{Added: len(put)}, nil
+}
+
 func (f *fakeDP) setFail(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -243,16 +257,21 @@ func TestDeriveCollisions(t *testing.T) {
 	}
 	taken := map[netip.Addr]string{netip.MustParseAddr("10.0.0.7"): "pinned"}
 	run := func(order []string) (map[string]netip.Addr, []Collision) {
-		var ds []*derivation
+		var ds []dkey
 		for _, n := range order {
-			ds = append(ds, &derivation{name: n, family: servicefile.IPv4})
+			ds = append(ds, dkey{name: n, family: servicefile.IPv4})
 		}
-		cs := deriveVIPs(ds, taken, ranges)
+		vt := newVIPTable(ranges)
+		exp := map[netip.Addr][]string{}
+		for a, n := range taken {
+			exp[a] = []string{n}
+		}
+		vt.rebuild(ds, exp)
 		out := map[string]netip.Addr{}
 		for _, d := range ds {
-			out[d.name] = d.addr
+			out[d.name] = vt.assign[d]
 		}
-		return out, cs
+		return out, vt.collisions()
 	}
 	first, cs := run(names)
 	seen := map[netip.Addr]string{}

@@ -3,7 +3,6 @@ package registry
 import (
 	"cmp"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -42,8 +41,6 @@ type Snapshot struct {
 	Errors []*servicefile.Error
 	// Collisions are names whose derived address went to another service.
 	Collisions []Collision
-	// Datapath is what the services expand to: one entry per VIP and port.
-	Datapath []lb.Service
 	// Applied is when the datapath took this snapshot, and ApplyTime how
 	// long that took (zero for a snapshot that was only checked).
 	Applied   time.Time
@@ -59,6 +56,15 @@ func (s *Snapshot) Lookup(name string) (Service, bool) {
 		return Service{}, false
 	}
 	return s.Services[i], true
+}
+
+// Datapath is what the services expand to: one entry per VIP and port.
+func (s *Snapshot) Datapath() []lb.Service {
+	var out []lb.Service
+	for _, sv := range s.Services {
+		out = append(out, sv.LBServices(sv.VIPs)...)
+	}
+	return out
 }
 
 // Err joins all errors, or returns nil when there are none.
@@ -78,12 +84,6 @@ type fileState struct {
 	errs []*servicefile.Error
 	// live is the version the datapath serves, nil if none.
 	live *servicefile.Service
-}
-
-// plan is a desired state worked out from the files.
-type plan struct {
-	accepted map[string]*servicefile.Service // by path
-	snap     *Snapshot
 }
 
 // key is what a client dials: two services cannot share one.
@@ -169,6 +169,35 @@ func (a *assembler) check(path string, svc *servicefile.Service) []*servicefile.
 	return nil
 }
 
+// remove takes an accepted service out again.
+func (a *assembler) remove(svc *servicefile.Service) {
+	if a.names[svc.Name] != "" {
+		delete(a.names, svc.Name)
+	}
+	for _, vip := range svc.VIPs {
+		for _, p := range svc.Ports {
+			k := key{vip, p.Number, p.Proto}
+			if a.keys[k] == svc.Name {
+				delete(a.keys, k)
+			}
+		}
+	}
+	if svc.LocalName {
+		for _, p := range svc.Ports {
+			for _, b := range svc.Backends {
+				lk := localKey{netip.AddrPortFrom(b.Addr, b.TargetPort(p)), p.Proto}
+				if a.locals[lk] == svc.Name {
+					delete(a.locals, lk)
+				}
+			}
+		}
+	}
+	nvips := max(len(svc.VIPs), len(svc.Families))
+	for _, s := range svc.LBServices(placeholderVIPs(nvips)) {
+		a.usage.Remove(s)
+	}
+}
+
 // placeholderVIPs stand in for VIPs when only the count matters.
 func placeholderVIPs(n int) []netip.Addr {
 	out := make([]netip.Addr, n)
@@ -176,112 +205,6 @@ func placeholderVIPs(n int) []netip.Addr {
 		out[i] = netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)})
 	}
 	return out
-}
-
-// keep accepts a live version; it can only fail when a file edited or
-// added in the same batch took its place (names or keys swapped between
-// files), and then the service is reported as no longer served.
-func (p *plan) keep(a *assembler, path string, live *servicefile.Service, stale bool) {
-	errs := a.check(path, live)
-	if errs == nil {
-		p.accepted[path] = live
-		return
-	}
-	what := "the service"
-	if stale {
-		what = "the last good version"
-	}
-	p.snap.Errors = append(p.snap.Errors, &servicefile.Error{File: path, Msg: fmt.Sprintf("%s (%q) clashes and is no longer served: %v", what, live.Name, servicefile.Errors(errs))})
-}
-
-// assemble works out what to serve. Services that are live and stay so are
-// placed first, so a new or edited file that clashes with them is the one
-// refused; among the rest, files go in path order. A refused file keeps its
-// last good version when that still fits.
-func assemble(dir string, files map[string]*fileState, ranges Ranges, limits lb.Limits) *plan {
-	a := &assembler{
-		ranges: ranges,
-		limits: limits,
-		names:  map[string]string{},
-		keys:   map[key]string{},
-		locals: map[localKey]string{},
-	}
-	paths := slices.Sorted(maps.Keys(files))
-	p := &plan{accepted: map[string]*servicefile.Service{}, snap: &Snapshot{Dir: dir}}
-	stale := map[string]bool{}
-	// First what is live and stays so: unchanged files, and the last good
-	// version of files whose new contents are invalid on their own.
-	var changed []string
-	for _, path := range paths {
-		f := files[path]
-		p.snap.Errors = append(p.snap.Errors, f.errs...)
-		switch {
-		case f.cur != nil && f.cur != f.live:
-			changed = append(changed, path)
-		case f.live != nil:
-			p.keep(a, path, f.live, f.cur == nil)
-			stale[path] = f.cur == nil
-		}
-	}
-	// Then new and edited files; one that clashes keeps its last good
-	// version when that still fits.
-	for _, path := range changed {
-		f := files[path]
-		errs := a.check(path, f.cur)
-		if errs == nil {
-			p.accepted[path] = f.cur
-			continue
-		}
-		p.snap.Errors = append(p.snap.Errors, errs...)
-		if f.live != nil {
-			p.keep(a, path, f.live, true)
-			stale[path] = true
-		}
-	}
-
-	// Derive addresses for services that set none.
-	taken := map[netip.Addr]string{}
-	var ds []*derivation
-	byName := map[string][]*derivation{}
-	for _, svc := range p.accepted {
-		for _, vip := range svc.VIPs {
-			if _, ok := taken[vip]; !ok {
-				taken[vip] = svc.Name
-			}
-		}
-		if len(svc.VIPs) == 0 {
-			for _, fam := range svc.Families {
-				d := &derivation{name: svc.Name, family: fam}
-				ds = append(ds, d)
-				byName[svc.Name] = append(byName[svc.Name], d)
-			}
-		}
-	}
-	p.snap.Collisions = deriveVIPs(ds, taken, ranges)
-
-	for path, svc := range p.accepted {
-		s := Service{Service: svc, File: path, Stale: stale[path], VIPs: slices.Clone(svc.VIPs)}
-		if len(svc.VIPs) == 0 {
-			s.Derived = true
-			for _, d := range byName[svc.Name] {
-				if d.addr.IsValid() {
-					s.VIPs = append(s.VIPs, d.addr)
-				}
-			}
-		}
-		slices.SortFunc(s.VIPs, func(x, y netip.Addr) int { return x.Compare(y) })
-		p.snap.Services = append(p.snap.Services, s)
-		p.snap.Datapath = append(p.snap.Datapath, svc.LBServices(s.VIPs)...)
-	}
-	for _, c := range p.snap.Collisions {
-		if !c.Got.IsValid() {
-			svc := p.snap.Services[slices.IndexFunc(p.snap.Services, func(s Service) bool { return s.Name == c.Name })]
-			p.snap.Errors = append(p.snap.Errors, &servicefile.Error{File: svc.File, Pos: svc.NamePos, Field: "vip", Msg: c.String()})
-		}
-	}
-	slices.SortFunc(p.snap.Services, func(x, y Service) int { return cmp.Compare(x.Name, y.Name) })
-	sortErrors(p.snap.Errors)
-	return p
 }
 
 func sortErrors(es []*servicefile.Error) {

@@ -4,9 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	"math/big"
 	"net/netip"
-	"slices"
 
 	"sockmesh/servicefile"
 )
@@ -31,8 +29,8 @@ func (r Ranges) Validate() error {
 	if !r.V4.IsValid() || !r.V4.Addr().Is4() || r.V4.Bits() > 24 {
 		return fmt.Errorf("check VIP ranges: IPv4 range %s must be an IPv4 prefix of /24 or larger", r.V4)
 	}
-	if !r.V6.IsValid() || !r.V6.Addr().Is6() || r.V6.Addr().Is4In6() || r.V6.Bits() > 112 {
-		return fmt.Errorf("check VIP ranges: IPv6 range %s must be an IPv6 prefix of /112 or larger", r.V6)
+	if !r.V6.IsValid() || !r.V6.Addr().Is6() || r.V6.Addr().Is4In6() || r.V6.Bits() < 64 || r.V6.Bits() > 112 {
+		return fmt.Errorf("check VIP ranges: IPv6 range %s must be an IPv6 prefix from /64 to /112", r.V6)
 	}
 	return nil
 }
@@ -67,16 +65,23 @@ func Candidate(prefix netip.Prefix, name string, attempt int) netip.Addr {
 	h.Write(a[:])
 	sum := h.Sum(nil)
 
+	// The host bits are the low bits of the digest's first 4 bytes (IPv4)
+	// or of its first 16 bytes (IPv6, at most 64 host bits).
 	base := prefix.Masked().Addr()
-	bits := base.BitLen()
-	host := new(big.Int).SetBytes(sum[:bits/8])
-	mask := new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), uint(bits-prefix.Bits())), big.NewInt(1))
-	host.And(host, mask)
-	addr := new(big.Int).SetBytes(base.AsSlice())
-	addr.Or(addr, host)
-	out := make([]byte, bits/8)
-	addr.FillBytes(out)
-	ip, _ := netip.AddrFromSlice(out)
+	hostBits := base.BitLen() - prefix.Bits()
+	mask := uint64(1)<<hostBits - 1
+	if hostBits == 64 {
+		mask = ^uint64(0)
+	}
+	b := base.AsSlice()
+	if base.Is4() {
+		v := binary.BigEndian.Uint32(b) | uint32(uint64(binary.BigEndian.Uint32(sum[:4]))&mask)
+		binary.BigEndian.PutUint32(b, v)
+	} else {
+		v := binary.BigEndian.Uint64(b[8:]) | binary.BigEndian.Uint64(sum[8:16])&mask
+		binary.BigEndian.PutUint64(b[8:], v)
+	}
+	ip, _ := netip.AddrFromSlice(b)
 	return ip
 }
 
@@ -98,13 +103,6 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return a
 }
 
-// derivation is one service that needs a derived address in one family.
-type derivation struct {
-	name   string
-	family servicefile.Family
-	addr   netip.Addr
-}
-
 // Collision says that a derived address went to another service first.
 type Collision struct {
 	Name     string     // the service that moved on
@@ -124,60 +122,4 @@ func (c Collision) String() string {
 		got = "takes " + c.Got.String() + " instead"
 	}
 	return fmt.Sprintf("%s derives %s, but %s %s; %s %s (set vip: in a file to pin an address)", c.Name, c.Wanted, c.Holder, how, c.Name, got)
-}
-
-// deriveVIPs gives each derivation an address of its family's range. taken
-// holds the addresses files set (and who set them). Assignment goes in
-// rounds: in round k every still unplaced name tries its k-th candidate,
-// names in sorted order. A name that gets its address in an earlier round
-// is never displaced by a later one, and the result depends only on the set
-// of names, not on file order or history.
-func deriveVIPs(ds []*derivation, taken map[netip.Addr]string, ranges Ranges) []Collision {
-	slices.SortFunc(ds, func(a, b *derivation) int {
-		if a.name != b.name {
-			if a.name < b.name {
-				return -1
-			}
-			return 1
-		}
-		return int(a.family) - int(b.family)
-	})
-	holder := make(map[netip.Addr]string, len(ds)+len(taken))
-	explicit := make(map[netip.Addr]bool, len(taken))
-	for a, n := range taken {
-		holder[a] = n
-		explicit[a] = true
-	}
-	first := make(map[*derivation]netip.Addr, len(ds))
-	pending := ds
-	for attempt := 0; attempt < maxAttempts && len(pending) > 0; attempt++ {
-		next := pending[:0:0]
-		for _, d := range pending {
-			prefix := ranges.of(d.family)
-			c := Candidate(prefix, d.name, attempt)
-			if attempt == 0 {
-				first[d] = c
-			}
-			if _, busy := holder[c]; busy || reserved(prefix, c) {
-				next = append(next, d)
-				continue
-			}
-			holder[c] = d.name
-			d.addr = c
-		}
-		pending = next
-	}
-	var out []Collision
-	for _, d := range ds {
-		want := first[d]
-		if d.addr == want {
-			continue
-		}
-		c := Collision{Name: d.name, Wanted: want, Holder: holder[want], Explicit: explicit[want], Got: d.addr}
-		if c.Holder == "" {
-			c.Holder = "the range's reserved first or last address"
-		}
-		out = append(out, c)
-	}
-	return out
 }

@@ -1,0 +1,289 @@
+package registry
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"sockmesh/lb"
+	"sockmesh/servicefile"
+)
+
+// model is the accepted service set, kept between changes so that one
+// edited file costs work in proportion to that file, not to the directory.
+type model struct {
+	ranges Ranges
+	asm    *assembler
+	vips   *vipTable
+
+	accepted map[string]*servicefile.Service // by path
+	stale    map[string]bool                 // accepted is a last good version
+	clash    map[string][]*servicefile.Error // refusals found against other files
+	blocked  map[string]bool                 // refused for a clash: look again next time
+	final    map[string]Service              // accepted, with VIPs
+	sorted   []Service                       // final, by name
+}
+
+func newModel(ranges Ranges, limits lb.Limits) *model {
+	return &model{
+		ranges: ranges,
+		asm: &assembler{
+			ranges: ranges,
+			limits: limits,
+			names:  map[string]string{},
+			keys:   map[key]string{},
+			locals: map[localKey]string{},
+		},
+		vips:     newVIPTable(ranges),
+		accepted: map[string]*servicefile.Service{},
+		stale:    map[string]bool{},
+		clash:    map[string][]*servicefile.Error{},
+		blocked:  map[string]bool{},
+		final:    map[string]Service{},
+	}
+}
+
+// delta is what one update changed, per path: the datapath services
+// before and after.
+type delta struct {
+	paths    []string // every path looked at
+	old, cur map[string][]lb.Service
+}
+
+// change turns a delta into the datapath's put and remove lists.
+func (dl delta) change() (put []lb.Service, remove []lb.ServiceKey) {
+	now := map[lb.ServiceKey]bool{}
+	for _, ss := range dl.cur {
+		for _, s := range ss {
+			now[s.Key] = true
+			put = append(put, s)
+		}
+	}
+	for _, ss := range dl.old {
+		for _, s := range ss {
+			if !now[s.Key] {
+				now[s.Key] = true // listed once
+				remove = append(remove, s.Key)
+			}
+		}
+	}
+	return put, remove
+}
+
+// update looks again at paths (changed files, present or gone) and at the
+// files refused last time for clashing, and returns what changed. Services
+// that are live and stay so are placed first, so a new or edited file that
+// clashes with them is the one refused; among the rest, files go in path
+// order. A refused file keeps its last good version when that still fits.
+func (m *model) update(files map[string]*fileState, paths []string) delta {
+	affected := map[string]bool{}
+	for _, p := range paths {
+		affected[p] = true
+	}
+	for p := range m.blocked {
+		affected[p] = true
+	}
+	order := slices.Sorted(maps.Keys(affected))
+	removed := map[string]*servicefile.Service{}
+	for _, p := range order {
+		if svc := m.accepted[p]; svc != nil {
+			m.asm.remove(svc)
+			removed[p] = svc
+		}
+		delete(m.accepted, p)
+		delete(m.stale, p)
+		delete(m.clash, p)
+		delete(m.blocked, p)
+	}
+	var changed []string
+	for _, p := range order {
+		f := files[p]
+		switch {
+		case f == nil:
+		case f.cur != nil && f.cur != f.live:
+			changed = append(changed, p)
+		case f.live != nil:
+			m.keep(p, f.live, f.cur == nil)
+		}
+	}
+	for _, p := range changed {
+		f := files[p]
+		if errs := m.asm.check(p, f.cur); errs != nil {
+			m.clash[p] = errs
+			m.blocked[p] = true
+			if f.live != nil {
+				m.keep(p, f.live, true)
+			}
+			continue
+		}
+		m.accepted[p] = f.cur
+	}
+
+	// Derived VIPs: change only what the difference touches, or redo all.
+	var gone, added []dkey
+	goneExp, addedExp := map[netip.Addr][]string{}, map[netip.Addr][]string{}
+	for _, svc := range removed {
+		collect(svc, &gone, goneExp)
+	}
+	for _, p := range order {
+		if svc := m.accepted[p]; svc != nil {
+			collect(svc, &added, addedExp)
+		}
+	}
+	// An edited file that keeps its name and VIPs changes no derivation.
+	gone, added = netOut(gone, added)
+	netOutExp(goneExp, addedExp)
+	before := m.vips.assign
+	touched := map[string]bool{}
+	for p := range affected {
+		touched[p] = true
+	}
+	if !m.vips.change(gone, added, goneExp, addedExp) {
+		var all []dkey
+		exp := map[netip.Addr][]string{}
+		for _, svc := range m.accepted {
+			collect(svc, &all, exp)
+		}
+		old := before // rebuild makes new maps
+		m.vips.rebuild(all, exp)
+		for p, svc := range m.accepted {
+			for _, f := range svc.Families {
+				d := dkey{svc.Name, f}
+				if len(svc.VIPs) == 0 && old[d] != m.vips.assign[d] {
+					touched[p] = true
+				}
+			}
+		}
+	}
+
+	dl := delta{paths: order, old: map[string][]lb.Service{}, cur: map[string][]lb.Service{}}
+	for p := range touched {
+		if prev, ok := m.final[p]; ok {
+			dl.old[p] = prev.LBServices(prev.VIPs)
+			m.unsort(prev.Name)
+			delete(m.final, p)
+		}
+		svc := m.accepted[p]
+		if svc == nil {
+			continue
+		}
+		s := Service{Service: svc, File: p, Stale: m.stale[p], VIPs: slices.Clone(svc.VIPs)}
+		if len(svc.VIPs) == 0 {
+			s.Derived = true
+			for _, f := range svc.Families {
+				if a, ok := m.vips.assign[dkey{svc.Name, f}]; ok {
+					s.VIPs = append(s.VIPs, a)
+				}
+			}
+		}
+		slices.SortFunc(s.VIPs, netip.Addr.Compare)
+		m.final[p] = s
+		m.insort(s)
+		dl.cur[p] = s.LBServices(s.VIPs)
+	}
+	return dl
+}
+
+func netOut(gone, added []dkey) ([]dkey, []dkey) {
+	in := map[dkey]int{}
+	for _, d := range gone {
+		in[d]++
+	}
+	var a []dkey
+	for _, d := range added {
+		if in[d] > 0 {
+			in[d]--
+			continue
+		}
+		a = append(a, d)
+	}
+	var g []dkey
+	for _, d := range gone {
+		if in[d] > 0 {
+			in[d]--
+			g = append(g, d)
+		}
+	}
+	return g, a
+}
+
+func netOutExp(gone, added map[netip.Addr][]string) {
+	for a, names := range added {
+		for _, n := range slices.Clone(names) {
+			if i := slices.Index(gone[a], n); i >= 0 {
+				gone[a] = slices.Delete(gone[a], i, i+1)
+				added[a] = slices.DeleteFunc(added[a], func(x string) bool { return x == n })
+			}
+		}
+		if len(added[a]) == 0 {
+			delete(added, a)
+		}
+		if len(gone[a]) == 0 {
+			delete(gone, a)
+		}
+	}
+}
+
+// collect lists a service's derivations and explicit addresses.
+func collect(svc *servicefile.Service, ds *[]dkey, exp map[netip.Addr][]string) {
+	for _, vip := range svc.VIPs {
+		exp[vip] = append(exp[vip], svc.Name)
+	}
+	if len(svc.VIPs) == 0 {
+		for _, f := range svc.Families {
+			*ds = append(*ds, dkey{svc.Name, f})
+		}
+	}
+}
+
+// keep accepts a live version; it can only fail when a file edited or
+// added in the same batch took its place (names or keys swapped between
+// files), and then the service is reported as no longer served.
+func (m *model) keep(path string, live *servicefile.Service, stale bool) {
+	errs := m.asm.check(path, live)
+	if errs == nil {
+		m.accepted[path] = live
+		m.stale[path] = stale
+		return
+	}
+	what := "the service"
+	if stale {
+		what = "the last good version"
+	}
+	m.clash[path] = append(m.clash[path], &servicefile.Error{File: path, Msg: fmt.Sprintf("%s (%q) clashes and is no longer served: %v", what, live.Name, servicefile.Errors(errs))})
+}
+
+func (m *model) unsort(name string) {
+	if i, ok := slices.BinarySearchFunc(m.sorted, name, func(s Service, n string) int { return cmp.Compare(s.Name, n) }); ok {
+		m.sorted = slices.Delete(m.sorted, i, i+1)
+	}
+}
+
+func (m *model) insort(s Service) {
+	i, _ := slices.BinarySearchFunc(m.sorted, s.Name, func(x Service, n string) int { return cmp.Compare(x.Name, n) })
+	m.sorted = slices.Insert(m.sorted, i, s)
+}
+
+// snapshot makes an immutable view of the model and the files' errors.
+func (m *model) snapshot(dir string, files map[string]*fileState) *Snapshot {
+	s := &Snapshot{Dir: dir, Services: slices.Clone(m.sorted), Collisions: m.vips.collisions()}
+	for _, f := range files {
+		s.Errors = append(s.Errors, f.errs...)
+	}
+	for _, es := range m.clash {
+		s.Errors = append(s.Errors, es...)
+	}
+	for _, c := range s.Collisions {
+		if c.Got.IsValid() {
+			continue
+		}
+		if i := slices.IndexFunc(s.Services, func(sv Service) bool { return sv.Name == c.Name }); i >= 0 {
+			sv := s.Services[i]
+			s.Errors = append(s.Errors, &servicefile.Error{File: sv.File, Pos: sv.NamePos, Field: "vip", Msg: c.String()})
+		}
+	}
+	sortErrors(s.Errors)
+	return s
+}
