@@ -101,7 +101,7 @@ type Registry struct {
 	model *model
 	// pending are the files changed since the last apply.
 	pending map[string]bool
-	gen   uint64
+	gen     uint64
 
 	snap      atomic.Pointer[Snapshot]
 	readyOnce sync.Once
