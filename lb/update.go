@@ -87,36 +87,7 @@ func (w *writer) update(put []Service, remove []ServiceKey) (ApplyStats, error) 
 
 	w.writes = 0
 	var st ApplyStats
-	var errs []error
-	for _, k := range slices.SortedFunc(maps.Keys(gone), compareSvcKey) {
-		ms := w.services[k]
-		if ms == nil || !ms.hasMaster {
-			continue
-		}
-		if err := w.deleteSlot(k); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		st.Removed++
-		if err := w.sweepService(k); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, s := range ps {
-		cur, ok := w.live(masterKey(s.Key))
-		switch {
-		case ok && cur.equal(s):
-			st.Unchanged++
-			continue
-		case ok:
-			st.Updated++
-		default:
-			st.Added++
-		}
-		if err := w.applyService(s); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs := w.write(&st, slices.SortedFunc(maps.Keys(gone), compareSvcKey), ps)
 	if err := w.putLocals(wanted); err != nil {
 		errs = append(errs, err)
 	}

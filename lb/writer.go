@@ -311,8 +311,32 @@ func (w *writer) apply(desired []Service) (ApplyStats, error) {
 		want[masterKey(s.Key)] = true
 	}
 	// Removals first: their entries make room for what is added.
+	var gone []svcKey
 	for _, k := range slices.SortedFunc(maps.Keys(w.services), compareSvcKey) {
-		if want[k] || !w.services[k].hasMaster {
+		if !want[k] {
+			gone = append(gone, k)
+		}
+	}
+	errs = w.write(&st, gone, ds)
+	if err := w.putLocals(locals); err != nil {
+		errs = append(errs, err)
+	}
+	if err := w.sweep(locals); err != nil {
+		errs = append(errs, err)
+	}
+	st.Writes = w.writes
+	if err := errors.Join(errs...); err != nil {
+		return st, fmt.Errorf("apply services: %w", err)
+	}
+	return st, nil
+}
+
+// write removes the services gone (sorted master keys), then adds or
+// updates those in ds that differ from what is live, counting into st.
+func (w *writer) write(st *ApplyStats, gone []svcKey, ds []Service) []error {
+	var errs []error
+	for _, k := range gone {
+		if ms := w.services[k]; ms == nil || !ms.hasMaster {
 			continue
 		}
 		if err := w.deleteSlot(k); err != nil {
@@ -339,17 +363,7 @@ func (w *writer) apply(desired []Service) (ApplyStats, error) {
 			errs = append(errs, err)
 		}
 	}
-	if err := w.putLocals(locals); err != nil {
-		errs = append(errs, err)
-	}
-	if err := w.sweep(locals); err != nil {
-		errs = append(errs, err)
-	}
-	st.Writes = w.writes
-	if err := errors.Join(errs...); err != nil {
-		return st, fmt.Errorf("apply services: %w", err)
-	}
-	return st, nil
+	return errs
 }
 
 func compareSvcKey(a, b svcKey) int { return keyOf(a).compare(keyOf(b)) }
