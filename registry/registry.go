@@ -182,11 +182,11 @@ func (r *Registry) Run(ctx context.Context) error {
 				return errors.New("watch services: watcher closed")
 			}
 			b.add(wt, ev)
-		case err, ok := <-w.Errors:
+		case _, ok := <-w.Errors:
 			if !ok {
 				return errors.New("watch services: watcher closed")
 			}
-			b.fail(err)
+			b.fail()
 		case <-timer.C:
 			b.due = true
 		}
@@ -197,8 +197,8 @@ func (r *Registry) Run(ctx context.Context) error {
 			select {
 			case ev := <-w.Events:
 				b.add(wt, ev)
-			case err := <-w.Errors:
-				b.fail(err)
+			case <-w.Errors:
+				b.fail()
 			default:
 				break drain
 			}
@@ -230,20 +230,17 @@ func (b *batch) add(wt *watches, ev fsnotify.Event) {
 	}
 }
 
-func (b *batch) fail(err error) {
-	// An overflow lost events; any other error may have too. Either way a
-	// full read puts things right.
-	b.rescan = true
-	_ = err
-}
+// fail marks a watcher error: an overflow lost events, and any other
+// error may have too. Either way a full read puts things right.
+func (b *batch) fail() { b.rescan = true }
 
 func (b *batch) drainAll(wt *watches) {
 	for {
 		select {
 		case ev := <-wt.w.Events:
 			b.add(wt, ev)
-		case err := <-wt.w.Errors:
-			b.fail(err)
+		case <-wt.w.Errors:
+			b.fail()
 		default:
 			return
 		}
