@@ -40,11 +40,12 @@ build: ## Build everything.
 test: deps check-generated ## Install what the tests need and run them all (root runs the kernel tests).
 	go vet ./...
 	go test $(GO_TEST_FLAGS) ./...
-	$(MAKE) fuzz FUZZTIME=20s
+	$(MAKE) fuzz FUZZTIME=15s
 
 FUZZTIME ?= 60s
-fuzz: ## Fuzz the service-file parser for FUZZTIME (default 60s).
+fuzz: ## Fuzz the service-file parser and the DNS handler, FUZZTIME each (default 60s).
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./servicefile
+	go test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./dnsstub
 
 bench: deps ## Run the benchmarks: ratios against a baseline measured in the same run.
 	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry

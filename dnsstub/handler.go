@@ -1,0 +1,384 @@
+// Package dnsstub is the DNS side of sockmesh: it answers the service names
+// of the live registry (A, AAAA, SRV, and PTR for the VIPs) and forwards
+// every other name to the host's upstream resolvers.
+package dnsstub
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Defaults for Config.
+const (
+	DefaultZone = "mesh.internal."
+	// DefaultTTL is long: a VIP does not move while its service exists.
+	DefaultTTL = 5 * time.Minute
+	// DefaultNegativeTTL is short, so a service just added resolves soon
+	// even for a client that asked before.
+	DefaultNegativeTTL     = 5 * time.Second
+	DefaultUpstreamTimeout = 2 * time.Second
+	DefaultMaxForwards     = 512
+	// ednsSize is the UDP payload size we offer and send at most: the DNS
+	// flag day 2020 value, which avoids IP fragmentation on any path.
+	ednsSize = 1232
+)
+
+// DefaultAllow are the clients answered unless Config.Allow says
+// otherwise: this host only, so the stub is never an open resolver.
+var DefaultAllow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+
+// Config is how the stub answers.
+type Config struct {
+	// Zone is the domain the services live under (default mesh.internal.).
+	Zone string
+	// ReverseRanges are the VIP ranges: their reverse zones are answered
+	// here (PTR for every VIP, NXDOMAIN for the rest) and never forwarded.
+	ReverseRanges []netip.Prefix
+	// TTL is the TTL of positive answers, NegativeTTL that of NXDOMAIN and
+	// NODATA (the SOA minimum).
+	TTL, NegativeTTL time.Duration
+	// Allow are the client networks answered; others get REFUSED (UDP) or
+	// a closed connection (TCP). Default: loopback.
+	Allow []netip.Prefix
+	// Upstreams get every question outside our zones, in order, failing
+	// over to the next on timeout or server failure. None: REFUSED.
+	Upstreams []netip.AddrPort
+	// UpstreamTimeout bounds one try at one upstream.
+	UpstreamTimeout time.Duration
+	// MaxForwards bounds the questions waiting on upstreams; beyond it new
+	// ones are dropped (clients retry), so a flood cannot pile up.
+	MaxForwards int
+	Logger      *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.Zone == "" {
+		c.Zone = DefaultZone
+	}
+	zone, err := CanonicalZone(c.Zone)
+	if err != nil {
+		return err
+	}
+	c.Zone = zone
+	if c.TTL == 0 {
+		c.TTL = DefaultTTL
+	}
+	if c.NegativeTTL == 0 {
+		c.NegativeTTL = DefaultNegativeTTL
+	}
+	if c.TTL < 0 || c.NegativeTTL < 0 {
+		return errors.New("check TTLs: a TTL cannot be negative")
+	}
+	if c.Allow == nil {
+		c.Allow = DefaultAllow
+	}
+	if c.UpstreamTimeout <= 0 {
+		c.UpstreamTimeout = DefaultUpstreamTimeout
+	}
+	if c.MaxForwards <= 0 {
+		c.MaxForwards = DefaultMaxForwards
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// CanonicalZone checks a zone name and returns it lower-case and fully
+// qualified.
+func CanonicalZone(name string) (string, error) {
+	fqdn := dns.CanonicalName(name)
+	if _, ok := dns.IsDomainName(fqdn); !ok || fqdn == "." {
+		return "", fmt.Errorf("check zone %q: not a domain name below the root", name)
+	}
+	for _, label := range dns.SplitDomainName(fqdn) {
+		if strings.ContainsAny(label, `\ ()";@$`) {
+			return "", fmt.Errorf("check zone %q: label %q has characters a host name cannot", name, label)
+		}
+	}
+	return fqdn, nil
+}
+
+// Handler answers DNS questions: a dns.Handler. It is safe for concurrent
+// use; Update swaps the zone atomically.
+type Handler struct {
+	cfg   Config
+	zcfg  zoneConfig
+	zone  atomic.Pointer[zone]
+	fwd   *forwarder
+	stats counters
+}
+
+// NewHandler makes a handler with an empty zone.
+func NewHandler(cfg Config) (*Handler, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	h := &Handler{
+		cfg: cfg,
+		zcfg: zoneConfig{
+			origin:      cfg.Zone,
+			reverse:     cfg.ReverseRanges,
+			ttl:         uint32(cfg.TTL / time.Second),
+			negativeTTL: uint32(cfg.NegativeTTL / time.Second),
+		},
+	}
+	if len(cfg.Upstreams) > 0 {
+		h.fwd = newForwarder(cfg.Upstreams, cfg.UpstreamTimeout, cfg.MaxForwards)
+	}
+	h.Update(nil)
+	return h, nil
+}
+
+// Zone is the zone the services live under, fully qualified.
+func (h *Handler) Zone() string { return h.cfg.Zone }
+
+// Update replaces the services answered. Call it only once the datapath
+// routes them: a name must never resolve to a VIP that does not work yet.
+func (h *Handler) Update(services []Service) {
+	h.zone.Store(buildZone(h.zcfg, services))
+}
+
+// allowed reports whether a client may ask.
+func (h *Handler) allowed(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, p := range h.cfg.Allow {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// ServeDNS answers one query.
+func (h *Handler) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	client, udp := remote(w.RemoteAddr())
+	resp := h.respond(r, client)
+	if resp == nil {
+		h.stats.dropped.Add(1)
+		return
+	}
+	if udp {
+		resp.Truncate(udpLimit(r))
+	}
+	h.stats.count(resp.Rcode)
+	if err := w.WriteMsg(resp); err != nil {
+		h.cfg.Logger.Debug("write DNS answer", "client", client, "error", err)
+	}
+}
+
+// remote returns the client address and whether it came over UDP.
+func remote(a net.Addr) (netip.Addr, bool) {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort().Addr().Unmap(), true
+	case *net.TCPAddr:
+		return a.AddrPort().Addr().Unmap(), false
+	}
+	return netip.Addr{}, true
+}
+
+// udpLimit is the largest UDP answer the client takes: 512 bytes without
+// EDNS (RFC 1035), else what it offers, capped by what we offer.
+func udpLimit(r *dns.Msg) int {
+	if opt := r.IsEdns0(); opt != nil {
+		return int(max(dns.MinMsgSize, min(opt.UDPSize(), ednsSize)))
+	}
+	return dns.MinMsgSize
+}
+
+// respond builds the answer to r, or returns nil to send none.
+func (h *Handler) respond(r *dns.Msg, client netip.Addr) *dns.Msg {
+	if r.Response {
+		return nil // never answer an answer: that is how loops and reflection start
+	}
+	opt, ednsRcode := checkEDNS(r)
+	resp := h.answer(r, client, opt, ednsRcode)
+	if resp == nil {
+		return nil
+	}
+	switch {
+	case ednsRcode == dns.RcodeBadVers:
+		// The extended rcode's upper bits travel in the OPT record.
+		resp.SetEdns0(ednsSize, false)
+		resp.Rcode = dns.RcodeBadVers
+	case opt != nil:
+		// RFC 6891 7: a request with OPT gets a response with OPT.
+		resp.SetEdns0(ednsSize, opt.Do())
+	}
+	return resp
+}
+
+// answer applies the rules in order: client allowed, opcode, question
+// count, EDNS, question type and class, then our zones or the upstreams.
+func (h *Handler) answer(r *dns.Msg, client netip.Addr, opt *dns.OPT, ednsRcode int) *dns.Msg {
+	if !h.allowed(client) {
+		return h.fail(r, dns.RcodeRefused)
+	}
+	if r.Opcode != dns.OpcodeQuery {
+		return h.fail(r, dns.RcodeNotImplemented)
+	}
+	if len(r.Question) != 1 {
+		return h.fail(r, dns.RcodeFormatError)
+	}
+	if ednsRcode != dns.RcodeSuccess {
+		return h.fail(r, ednsRcode)
+	}
+	q := r.Question[0]
+	switch q.Qtype {
+	case dns.TypeOPT, dns.TypeTSIG, dns.TypeTKEY:
+		// Meta types that are never questions (RFC 6891, 8945, 2930).
+		return h.fail(r, dns.RcodeFormatError)
+	}
+	if q.Qclass == dns.ClassNONE {
+		return h.fail(r, dns.RcodeFormatError) // only valid in UPDATE (RFC 2136)
+	}
+	var resp *dns.Msg
+	if ans, ours := h.zone.Load().lookup(dns.CanonicalName(q.Name), q.Qtype); ours {
+		resp = h.authoritative(r, q, ans)
+	} else if resp = h.forward(r, q, opt); resp == nil {
+		return nil
+	}
+	resp.RecursionAvailable = h.fwd != nil
+	return resp
+}
+
+// checkEDNS returns the request's OPT record, or the rcode for a bad one:
+// FORMERR for more than one OPT or one not owned by the root (RFC 6891
+// 6.1.1), BADVERS for a version we do not speak.
+func checkEDNS(r *dns.Msg) (*dns.OPT, int) {
+	var opt *dns.OPT
+	for _, rr := range r.Extra {
+		o, ok := rr.(*dns.OPT)
+		if !ok {
+			continue
+		}
+		if opt != nil || o.Hdr.Name != "." {
+			return nil, dns.RcodeFormatError
+		}
+		opt = o
+	}
+	if opt != nil && opt.Version() != 0 {
+		return nil, dns.RcodeBadVers
+	}
+	return opt, dns.RcodeSuccess
+}
+
+// fail is an answer with rcode and the question echoed, nothing else.
+func (h *Handler) fail(r *dns.Msg, rcode int) *dns.Msg {
+	resp := new(dns.Msg)
+	resp.SetRcode(r, rcode)
+	if len(r.Question) > 1 {
+		resp.Question = nil
+	}
+	return resp
+}
+
+// authoritative answers a question about one of our zones.
+func (h *Handler) authoritative(r *dns.Msg, q dns.Question, ans answer) *dns.Msg {
+	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
+		return h.fail(r, dns.RcodeRefused) // we serve the Internet class only
+	}
+	switch q.Qtype {
+	case dns.TypeAXFR, dns.TypeIXFR:
+		return h.fail(r, dns.RcodeRefused) // no zone transfers
+	}
+	resp := new(dns.Msg)
+	resp.SetReply(r)
+	resp.Authoritative = true
+	resp.Compress = true
+	resp.Rcode = ans.rcode
+	resp.Answer = ans.records
+	if qname := dns.CanonicalName(q.Name); q.Name != qname {
+		// Answer in the letter case asked: resolvers that randomise it
+		// (DNS 0x20) compare.
+		resp.Answer = make([]dns.RR, len(ans.records))
+		for i, rr := range ans.records {
+			rr = dns.Copy(rr)
+			if rr.Header().Name == qname {
+				rr.Header().Name = q.Name
+			}
+			resp.Answer[i] = rr
+		}
+	}
+	resp.Extra = ans.extra
+	if ans.soa != nil {
+		resp.Ns = []dns.RR{ans.soa}
+	}
+	return resp
+}
+
+// forward asks the upstreams a question outside our zones; nil means drop.
+func (h *Handler) forward(r *dns.Msg, q dns.Question, opt *dns.OPT) *dns.Msg {
+	if h.fwd == nil || q.Qclass != dns.ClassINET {
+		return h.fail(r, dns.RcodeRefused)
+	}
+	switch q.Qtype {
+	case dns.TypeAXFR, dns.TypeIXFR:
+		return h.fail(r, dns.RcodeRefused)
+	}
+	if !h.fwd.acquire() {
+		return nil
+	}
+	defer h.fwd.release()
+	h.stats.forwarded.Add(1)
+	resp, err := h.fwd.exchange(r, q, opt)
+	if err != nil {
+		h.stats.upstreamFailures.Add(1)
+		h.cfg.Logger.Debug("forward DNS question", "name", q.Name, "type", dns.TypeToString[q.Qtype], "error", err)
+		return h.fail(r, dns.RcodeServerFailure)
+	}
+	return resp
+}
+
+// Stats counts what the handler did since it started.
+type Stats struct {
+	// Rcodes counts the answers sent, by response code (NOERROR, NXDOMAIN…).
+	Rcodes map[string]uint64
+	// Forwarded counts questions sent upstream, UpstreamFailures those no
+	// upstream answered, Dropped queries left unanswered (responses,
+	// forwards beyond MaxForwards).
+	Forwarded, UpstreamFailures, Dropped uint64
+}
+
+// Stats returns the counters.
+func (h *Handler) Stats() Stats {
+	s := Stats{
+		Rcodes:           make(map[string]uint64),
+		Forwarded:        h.stats.forwarded.Load(),
+		UpstreamFailures: h.stats.upstreamFailures.Load(),
+		Dropped:          h.stats.dropped.Load(),
+	}
+	for rc := range h.stats.rcodes {
+		if n := h.stats.rcodes[rc].Load(); n > 0 {
+			s.Rcodes[rcodeName(rc)] = n
+		}
+	}
+	return s
+}
+
+func rcodeName(rc int) string {
+	if name, ok := dns.RcodeToString[rc]; ok {
+		return name
+	}
+	return fmt.Sprintf("RCODE%d", rc)
+}
+
+type counters struct {
+	rcodes                               [24]atomic.Uint64
+	forwarded, upstreamFailures, dropped atomic.Uint64
+}
+
+func (c *counters) count(rcode int) {
+	if rcode >= 0 && rcode < len(c.rcodes) {
+		c.rcodes[rcode].Add(1)
+	}
+}
