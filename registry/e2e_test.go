@@ -1,14 +1,11 @@
 package registry
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -57,23 +54,6 @@ func startHTTP(t testing.TB, addr string) netip.AddrPort {
 	return ap
 }
 
-// curl fetches url from inside the cgroup; it returns the body, or the
-// exit code when curl fails.
-func curl(t testing.TB, cg *testenv.Cgroup, url string) (string, int) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := cg.Command(ctx, t, "curl", "-sS", "--max-time", "3", url).CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return string(out), ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatalf("run curl: %v", err)
-	}
-	return strings.TrimSpace(string(out)), 0
-}
-
 // TestEndToEnd drives the real datapath from real files: drop a file and
 // curl its VIP; mv a changed file over it; break it; delete it.
 func TestEndToEnd(t *testing.T) {
@@ -95,7 +75,7 @@ func TestEndToEnd(t *testing.T) {
 		fmt.Sprintf("http://[%s]/", web.VIPs[1]),
 	}
 	for _, u := range urls {
-		if body, code := curl(t, cg, u); body != "backend "+b1.String() {
+		if body, code := cg.Curl(t, "", u); body != "backend "+b1.String() {
 			t.Fatalf("curl %s: %q (exit %d)", u, body, code)
 		}
 	}
@@ -104,7 +84,7 @@ func TestEndToEnd(t *testing.T) {
 	put(t, dir, "web.yaml", svcYAML("web", b2.String()))
 	waitFor(t, r, within, "web moved to b2", hasBackends("web", b2.String()))
 	for _, u := range urls {
-		if body, code := curl(t, cg, u); body != "backend "+b2.String() {
+		if body, code := cg.Curl(t, "", u); body != "backend "+b2.String() {
 			t.Fatalf("curl %s after mv: %q (exit %d)", u, body, code)
 		}
 	}
@@ -115,7 +95,7 @@ func TestEndToEnd(t *testing.T) {
 	if msg := s.Errors[0].Error(); !strings.Contains(msg, "web.yaml:3:12: backends[0]: \"127.0.0.1:http\" is not an IP address") {
 		t.Fatalf("error %q", msg)
 	}
-	if body, code := curl(t, cg, urls[0]); body != "backend "+b2.String() {
+	if body, code := cg.Curl(t, "", urls[0]); body != "backend "+b2.String() {
 		t.Fatalf("curl with a broken file: %q (exit %d)", body, code)
 	}
 	if got := d.Services(); len(got) != 2 || got[0].Backends[0].Addr != b2 {
@@ -128,7 +108,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	waitFor(t, r, within, "web removed", func(s *Snapshot) bool { return len(s.Services) == 0 })
 	start := time.Now()
-	_, code := curl(t, cg, urls[0])
+	_, code := cg.Curl(t, "", urls[0])
 	if code != 7 { // curl: failed to connect
 		t.Fatalf("curl after delete: exit %d, want 7 (could not connect)", code)
 	}

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"sockmesh/internal/testenv"
 	"sockmesh/lb"
 )
@@ -125,15 +127,23 @@ func TestRunServesExamples(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	v4only := "name: v4only\nvip: 198.18.0.77\nports: [80]\nbackends: [127.0.0.1:9090]\n"
+	if err := os.WriteFile(filepath.Join(dir, "v4only.yaml"), []byte(v4only), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	// The example backends.
 	for _, port := range []int{8081, 8082, 8083, 8084, 8444, 9090} {
 		serveHTTP(t, fmt.Sprintf("127.0.0.1:%d", port))
 	}
 
+	// The host's resolver, for names outside the zone.
+	upstream := startUpstream(t, "127.0.0.9:53")
+
 	ready := filepath.Join(t.TempDir(), "ready")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	daemon := exec.CommandContext(ctx, binary, "run", "--services", dir, "--cgroup", cg.Path, "--pin-dir", pinDir, "--ready-file", ready)
+	daemon := exec.CommandContext(ctx, binary, "run", "--services", dir, "--cgroup", cg.Path, "--pin-dir", pinDir, "--ready-file", ready,
+		"--dns-upstream", upstream)
 	var logs bytes.Buffer
 	daemon.Stdout, daemon.Stderr = &logs, &logs
 	daemon.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -154,11 +164,52 @@ func TestRunServesExamples(t *testing.T) {
 	waitFile(t, ready, exited)
 
 	vips := checkVIPs(t, dir)
-	curlOK(t, cg, "http://"+vips["hello"]+"/", "127.0.0.1:8081")
+	curlOK(t, cg, "http://"+vips["hello"][0]+"/", "127.0.0.1:8081")
 	curlOK(t, cg, "http://198.18.0.80/", "127.0.0.1:8084")
 	curlOK(t, cg, "http://[fd6d:6573:6800::80]:443/", "127.0.0.1:8444")
 
-	// A file dropped while it runs.
+	// By name, through the system resolver (glibc reading a resolv.conf
+	// that `sockmesh resolver` wrote), as an application finds services.
+	snippet, errOut, code := sockmesh(t, "resolver", "resolv.conf")
+	if code != 0 {
+		t.Fatalf("resolver: %s", errOut)
+	}
+	resolvConf := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolvConf, []byte(snippet), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	getent := func(db, name string) string {
+		t.Helper()
+		out, err := cg.CommandResolving(ctx, t, resolvConf, "getent", db, name).CombinedOutput()
+		if err != nil {
+			t.Fatalf("getent %s %s: %v: %s", db, name, err, out)
+		}
+		return strings.Join(strings.Fields(string(out)), " ")
+	}
+	// getent hosts asks AAAA first, then A when there is none (NODATA).
+	if got, want := getent("hosts", "web.mesh.internal"), vips["web"][1]+" web.mesh.internal"; got != want {
+		t.Errorf("getent hosts web.mesh.internal = %q, want %q", got, want)
+	}
+	if got, want := getent("hosts", "v4only.mesh.internal"), "198.18.0.77 v4only.mesh.internal"; got != want {
+		t.Errorf("getent hosts v4only.mesh.internal = %q, want %q", got, want)
+	}
+	if got, want := getent("hosts", "api.mesh.internal"), "fd6d:6573:6800::80 api.mesh.internal"; got != want {
+		t.Errorf("getent hosts api.mesh.internal = %q, want %q (AAAA first)", got, want)
+	}
+	if got, want := getent("hosts", "outside.test"), "192.0.2.1 outside.test"; got != want {
+		t.Errorf("getent hosts outside.test = %q, want %q from the upstream", got, want)
+	}
+	if body, code := cg.Curl(t, resolvConf, "http://hello.mesh.internal/"); body != "backend 127.0.0.1:8081" {
+		t.Errorf("curl http://hello.mesh.internal/: %q (exit %d)", body, code)
+	}
+	if body, code := cg.Curl(t, resolvConf, "http://web.mesh.internal/"); body != "backend 127.0.0.1:8082" && body != "backend 127.0.0.1:8083" {
+		t.Errorf("curl http://web.mesh.internal/: %q (exit %d)", body, code)
+	}
+	if body, code := cg.Curl(t, resolvConf, "http://api.mesh.internal:443/"); body != "backend 127.0.0.1:8444" {
+		t.Errorf("curl http://api.mesh.internal:443/: %q (exit %d)", body, code)
+	}
+
+	// A file dropped while it runs: the moment its name resolves, it routes.
 	tmp := filepath.Join(dir, ".extra.yaml")
 	if err := os.WriteFile(tmp, []byte("name: extra\nports: [80]\nbackends: [127.0.0.1:9090]\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -166,18 +217,21 @@ func TestRunServesExamples(t *testing.T) {
 	if err := os.Rename(tmp, filepath.Join(dir, "extra.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	vips = checkVIPs(t, dir)
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		body, code := curl(t, cg, "http://"+vips["extra"]+"/")
-		if body == "backend 127.0.0.1:9090" {
+		out, _ := exec.Command("dig", "@127.0.0.153", "+short", "extra.mesh.internal", "A").Output()
+		if len(strings.TrimSpace(string(out))) > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("new file not served after 2s: %q (exit %d)", body, code)
+			t.Fatal("new file's name does not resolve after 2s")
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
+	if body, code := cg.Curl(t, resolvConf, "http://extra.mesh.internal/"); body != "backend 127.0.0.1:9090" {
+		t.Fatalf("curl by name right after it resolved: %q (exit %d)", body, code)
+	}
+	vips = checkVIPs(t, dir)
 
 	// SIGTERM: the daemon exits cleanly and traffic keeps flowing.
 	daemon.Process.Signal(syscall.SIGTERM)
@@ -189,7 +243,38 @@ func TestRunServesExamples(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("daemon did not stop on SIGTERM")
 	}
-	curlOK(t, cg, "http://"+vips["extra"]+"/", "127.0.0.1:9090")
+	curlOK(t, cg, "http://"+vips["extra"][0]+"/", "127.0.0.1:9090")
+}
+
+// startUpstream serves outside.test. A 192.0.2.1 on addr (UDP and TCP),
+// standing in for the host's resolver, and returns addr.
+func startUpstream(t *testing.T, addr string) string {
+	t.Helper()
+	mux := dns.NewServeMux()
+	mux.HandleFunc(".", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if q := r.Question[0]; q.Name == "outside.test." && q.Qtype == dns.TypeA {
+			m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)}}
+		} else if q.Qtype != dns.TypeAAAA || q.Name != "outside.test." {
+			m.Rcode = dns.RcodeNameError
+		}
+		w.WriteMsg(m)
+	})
+	for _, network := range []string{"udp", "tcp"} {
+		srv := &dns.Server{Addr: addr, Net: network, Handler: mux}
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		errs := make(chan error, 1)
+		go func() { errs <- srv.ListenAndServe() }()
+		select {
+		case <-started:
+		case err := <-errs:
+			t.Fatalf("start upstream DNS on %s/%s: %v", addr, network, err)
+		}
+		t.Cleanup(func() { srv.Shutdown() })
+	}
+	return addr
 }
 
 func serveHTTP(t *testing.T, addr string) {
@@ -223,8 +308,9 @@ func waitFile(t *testing.T, path string, exited <-chan error) {
 	}
 }
 
-// checkVIPs asks `sockmesh check -o json` for each service's IPv4 VIP.
-func checkVIPs(t *testing.T, dir string) map[string]string {
+// checkVIPs asks `sockmesh check -o json` for each service's VIPs (IPv4
+// first).
+func checkVIPs(t *testing.T, dir string) map[string][]string {
 	t.Helper()
 	out, errOut, code := sockmesh(t, "check", "-o", "json", dir)
 	if code != 0 {
@@ -234,9 +320,9 @@ func checkVIPs(t *testing.T, dir string) map[string]string {
 	if err := json.Unmarshal([]byte(out), &js); err != nil {
 		t.Fatal(err)
 	}
-	vips := map[string]string{}
+	vips := map[string][]string{}
 	for _, s := range js.Services {
-		vips[s.Name] = s.VIPs[0]
+		vips[s.Name] = s.VIPs
 	}
 	return vips
 }

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"sockmesh/dnsstub"
 	"sockmesh/internal/cgroupv2"
 	"sockmesh/lb"
 	"sockmesh/registry"
@@ -21,6 +23,7 @@ type runFlags struct {
 	pinDir    string
 	readyFile string
 	ranges    rangeFlags
+	dns       dnsFlags
 }
 
 func newRunCmd(g *globalFlags) *cobra.Command {
@@ -31,7 +34,9 @@ func newRunCmd(g *globalFlags) *cobra.Command {
 		Long: `run loads the socket programs (or takes over the pinned ones a previous run
 left), attaches them to a cgroup v2 (default: the root, i.e. the whole host),
 and keeps the service maps in step with the services directory, applying each
-change as it lands. On SIGTERM or SIGINT it stops watching but leaves the
+change as it lands. A DNS stub answers <service>.mesh.internal with the VIPs
+once the datapath routes them, and forwards other names to the host's
+resolvers (see sockmesh resolver). On SIGTERM or SIGINT it stops watching but leaves the
 datapath pinned: traffic keeps flowing while the daemon is down.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -43,6 +48,7 @@ datapath pinned: traffic keeps flowing while the daemon is down.`,
 	cmd.Flags().StringVar(&f.pinDir, "pin-dir", defaultPinDir, "bpffs directory for the pinned maps and links")
 	cmd.Flags().StringVar(&f.readyFile, "ready-file", "", "file to create once the services directory is served")
 	f.ranges.add(cmd)
+	f.dns.add(cmd)
 	return cmd
 }
 
@@ -89,11 +95,26 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	}
 	log.Info("datapath attached", "cgroup", cg, "pins", f.pinDir, "restored services", len(d.Services()))
 
+	var dnsHandler *dnsstub.Handler
+	var dnsListen []netip.AddrPort
+	var onApply func(*registry.Snapshot)
+	if f.dns.enabled() {
+		cfg, listen, err := f.dns.config(ranges, log)
+		if err != nil {
+			return err
+		}
+		if dnsHandler, err = dnsstub.NewHandler(cfg); err != nil {
+			return err
+		}
+		dnsListen = listen
+		onApply = publishDNS(dnsHandler)
+	}
 	reg, err := registry.New(registry.Options{
-		Dir:    f.services,
-		Ranges: ranges,
-		Limits: d.Limits(),
-		Logger: log,
+		Dir:     f.services,
+		Ranges:  ranges,
+		Limits:  d.Limits(),
+		Logger:  log,
+		OnApply: onApply,
 	}, d)
 	if err != nil {
 		return err
@@ -107,6 +128,17 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	case err := <-done:
 		return err
 	}
+	var dnsErrs <-chan error // nil without DNS: never ready
+	if dnsHandler != nil {
+		// Listen only now: before the first apply every name would be
+		// NXDOMAIN, and clients would cache that.
+		dnsServer, err := dnsstub.Listen(dnsHandler, dnsListen)
+		if err != nil {
+			return fmt.Errorf("%w (pick another address with --dns-listen, or --dns-listen off)", err)
+		}
+		defer dnsServer.Close()
+		dnsErrs = dnsServer.Errors()
+	}
 	snap := reg.Snapshot()
 	log.Info("serving", "dir", f.services, "services", len(snap.Services), "errors", len(snap.Errors))
 	if f.readyFile != "" {
@@ -114,7 +146,13 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 			return fmt.Errorf("write ready file: %w", err)
 		}
 	}
-	err = <-done
+	select {
+	case err = <-done:
+	case err = <-dnsErrs:
+		err = fmt.Errorf("serve DNS: %w", err)
+		cancel()
+		<-done
+	}
 	log.Info("stopped; the datapath stays pinned and keeps serving", "pins", f.pinDir)
 	return err
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -178,6 +179,38 @@ func (c *Cgroup) Command(ctx context.Context, tb testing.TB, name string, args .
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd, Pdeathsig: syscall.SIGKILL}
 	return cmd
+}
+
+// CommandResolving is Command in a private mount namespace whose
+// /etc/resolv.conf is resolvConf, so the command's resolver asks whatever
+// that file names while the rest of the machine is untouched.
+func (c *Cgroup) CommandResolving(ctx context.Context, tb testing.TB, resolvConf, name string, args ...string) *exec.Cmd {
+	tb.Helper()
+	script := `mount --bind "$0" /etc/resolv.conf && exec "$@"`
+	return c.Command(ctx, tb, "unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c", script, resolvConf, name}, args...)...)
+}
+
+// Curl fetches url with curl from inside the cgroup (resolving names
+// through resolvConf unless it is empty). It returns the trimmed body, or
+// curl's output and exit code when curl fails.
+func (c *Cgroup) Curl(tb testing.TB, resolvConf, url string) (string, int) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	args := []string{"-sS", "--max-time", "3", url}
+	cmd := c.Command(ctx, tb, "curl", args...)
+	if resolvConf != "" {
+		cmd = c.CommandResolving(ctx, tb, resolvConf, "curl", args...)
+	}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		tb.Fatalf("run curl: %v", err)
+	}
+	return strings.TrimSpace(string(out)), 0
 }
 
 // Helper prepares the test binary to run helper name with args inside the

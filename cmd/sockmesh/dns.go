@@ -1,0 +1,198 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"sockmesh/dnsstub"
+	"sockmesh/registry"
+)
+
+// dnsFlags configure the DNS stub of run (and the snippet of resolver).
+type dnsFlags struct {
+	listen      []string
+	zone        string
+	upstreams   []string
+	allow       []string
+	ttl         time.Duration
+	negativeTTL time.Duration
+}
+
+// addListen adds the flags resolver shares with run.
+func (f *dnsFlags) addListen(cmd *cobra.Command) {
+	cmd.Flags().StringSliceVar(&f.listen, "dns-listen", []string{dnsstub.DefaultListen.String()}, `addresses the DNS stub listens on, UDP and TCP ("off": no DNS)`)
+	cmd.Flags().StringVar(&f.zone, "dns-zone", dnsstub.DefaultZone, "DNS zone the services are named in: <service>.<zone>")
+}
+
+func (f *dnsFlags) add(cmd *cobra.Command) {
+	f.addListen(cmd)
+	cmd.Flags().StringSliceVar(&f.upstreams, "dns-upstream", nil, "resolvers asked for names outside the zone, addr or addr:port (default: the nameservers of /etc/resolv.conf at start)")
+	cmd.Flags().StringSliceVar(&f.allow, "dns-allow", []string{"127.0.0.0/8", "::1/128"}, "client networks the DNS stub answers; others are refused")
+	cmd.Flags().DurationVar(&f.ttl, "dns-ttl", dnsstub.DefaultTTL, "TTL of service records (VIPs are stable, so it can be long)")
+	cmd.Flags().DurationVar(&f.negativeTTL, "dns-negative-ttl", dnsstub.DefaultNegativeTTL, "TTL of NXDOMAIN and NODATA answers (short, so new services resolve soon)")
+}
+
+// enabled reports whether the stub runs at all.
+func (f *dnsFlags) enabled() bool {
+	return !(len(f.listen) == 0 || len(f.listen) == 1 && (f.listen[0] == "off" || f.listen[0] == ""))
+}
+
+// listenAddrs parses --dns-listen; a bare address means port 53.
+func (f *dnsFlags) listenAddrs() ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	for _, s := range f.listen {
+		ap, err := parseAddrPort(s, 53)
+		if err != nil {
+			return nil, fmt.Errorf("parse --dns-listen: %w", err)
+		}
+		out = append(out, ap)
+	}
+	return out, nil
+}
+
+// config turns the flags into the stub's configuration, reading the
+// system's upstreams when none are given.
+func (f *dnsFlags) config(ranges registry.Ranges, log *slog.Logger) (dnsstub.Config, []netip.AddrPort, error) {
+	listen, err := f.listenAddrs()
+	if err != nil {
+		return dnsstub.Config{}, nil, err
+	}
+	cfg := dnsstub.Config{
+		Zone:          f.zone,
+		ReverseRanges: []netip.Prefix{ranges.V4, ranges.V6},
+		TTL:           f.ttl,
+		NegativeTTL:   f.negativeTTL,
+		Logger:        log,
+		Allow:         []netip.Prefix{}, // empty flag: nobody, not the default
+	}
+	if f.ttl < time.Second || f.negativeTTL < time.Second {
+		return cfg, nil, fmt.Errorf("parse --dns-ttl and --dns-negative-ttl: TTLs are whole seconds, at least 1s")
+	}
+	for _, s := range f.allow {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return cfg, nil, fmt.Errorf("parse --dns-allow: %w", err)
+		}
+		cfg.Allow = append(cfg.Allow, p)
+	}
+	if len(f.upstreams) > 0 {
+		for _, s := range f.upstreams {
+			ap, err := parseAddrPort(s, 53)
+			if err != nil {
+				return cfg, nil, fmt.Errorf("parse --dns-upstream: %w", err)
+			}
+			cfg.Upstreams = append(cfg.Upstreams, ap)
+		}
+	} else if ups, err := dnsstub.SystemUpstreams(dnsstub.ResolvConf); err != nil {
+		log.Warn("no upstream resolvers: names outside the zone will be refused", "error", err)
+	} else {
+		cfg.Upstreams = ups
+	}
+	all := cfg.Upstreams
+	cfg.Upstreams = dnsstub.WithoutSelf(all, listen)
+	if len(cfg.Upstreams) < len(all) {
+		log.Warn("dropped the stub's own address from its upstreams: forwarding to ourselves would loop; give the real ones with --dns-upstream", "upstreams", all)
+	}
+	if len(cfg.Upstreams) == 0 {
+		log.Warn("no upstream resolvers: names outside the zone will be refused")
+	}
+	return cfg, listen, nil
+}
+
+// parseAddrPort parses "addr", "addr:port" or "[v6]:port".
+func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a, defaultPort), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not an address or address:port", s)
+	}
+	return ap, nil
+}
+
+// publishDNS is the registry's OnApply hook for the DNS stub. The registry
+// calls it only once the datapath took a snapshot, so a name never
+// resolves to a VIP that does not route yet.
+func publishDNS(h *dnsstub.Handler) func(*registry.Snapshot) {
+	return func(s *registry.Snapshot) { h.Update(dnsServices(s)) }
+}
+
+// dnsServices is what DNS publishes of a snapshot: every service the
+// datapath serves, stale ones included (they still route).
+func dnsServices(s *registry.Snapshot) []dnsstub.Service {
+	out := make([]dnsstub.Service, 0, len(s.Services))
+	for _, sv := range s.Services {
+		ds := dnsstub.Service{Name: sv.Name, VIPs: sv.VIPs}
+		for _, p := range sv.Ports {
+			ds.Ports = append(ds.Ports, dnsstub.Port{Name: p.Name, Number: p.Number, Proto: p.Proto.String()})
+		}
+		out = append(out, ds)
+	}
+	return out
+}
+
+func newResolverCmd() *cobra.Command {
+	f := &dnsFlags{}
+	cmd := &cobra.Command{
+		Use:   "resolver [resolv.conf|systemd-resolved]",
+		Short: "Print the snippet that makes the system resolver ask the DNS stub",
+		Long: `resolver prints the configuration that sends the system's DNS questions for
+the service zone to the sockmesh DNS stub, in one of the two standard ways:
+
+  systemd-resolved   a drop-in for /etc/systemd/resolved.conf.d/ that routes
+                     only the zone (~mesh.internal) to the stub
+  resolv.conf        an /etc/resolv.conf naming the stub as the only server;
+                     the stub forwards everything else to its upstreams
+
+Without an argument it picks systemd-resolved when /etc/resolv.conf points at
+resolved's stub (127.0.0.53), resolv.conf otherwise. Give the same --dns-listen
+and --dns-zone as to sockmesh run.`,
+		Args:      cobra.MaximumNArgs(1),
+		ValidArgs: []string{dnsstub.StyleResolvConf, dnsstub.StyleSystemdResolved},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			listen, err := f.listenAddrs()
+			if err != nil {
+				return err
+			}
+			if len(listen) == 0 {
+				return fmt.Errorf("parse --dns-listen: give the address the stub listens on")
+			}
+			upstreams, _ := dnsstub.SystemUpstreams(dnsstub.ResolvConf)
+			upstreams = dnsstub.WithoutSelf(upstreams, listen)
+			style := ""
+			if len(args) == 1 {
+				style = args[0]
+			} else {
+				style = detectResolver()
+			}
+			snippet, err := dnsstub.Snippet(style, listen[0], f.zone, upstreams)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprint(cmd.OutOrStdout(), snippet)
+			return err
+		},
+	}
+	f.addListen(cmd)
+	return cmd
+}
+
+// detectResolver guesses how this host resolves names.
+func detectResolver() string {
+	data, err := os.ReadFile(dnsstub.ResolvConf)
+	if err == nil && slices.ContainsFunc(strings.Split(string(data), "\n"), func(l string) bool {
+		f := strings.Fields(l)
+		return len(f) == 2 && f[0] == "nameserver" && (f[1] == "127.0.0.53" || f[1] == "127.0.0.54")
+	}) {
+		return dnsstub.StyleSystemdResolved
+	}
+	return dnsstub.StyleResolvConf
+}
