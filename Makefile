@@ -12,17 +12,32 @@ GO_TEST_FLAGS ?= -count=1
 # Debian packages the build and the tests need.
 APT_PACKAGES := clang-14 llvm-14 libbpf-dev dnsutils curl python3
 
-.PHONY: help deps generate check-generated build test fuzz bench run lint
+.PHONY: help deps bench-deps generate check-generated build test fuzz bench run lint
 
 help: ## Show the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-deps: ## Install the tools the build and tests need (Debian, root), if missing.
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# Tools only the benchmarks need: the servers we compare against.
+BENCH_PACKAGES := dnsperf unbound
+
+# apt_install installs the Debian packages in $(1) that are missing. A
+# temporary policy-rc.d keeps the servers among them from starting as
+# system services: the benchmarks start their own, on loopback.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; rc=$$?; \
+		if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc; \
 	fi
+endef
+
+deps: ## Install the tools the build and tests need (Debian, root), if missing.
+	$(call apt_install,$(APT_PACKAGES))
+
+bench-deps: deps ## Install what the benchmarks compare against (dnsperf, unbound), if missing.
+	$(call apt_install,$(BENCH_PACKAGES))
 
 generate: deps ## Rebuild the BPF objects and Go bindings from bpf/ (commit the result).
 	cd lb && BPF_OUT=. BPF_CLANG=$(BPF_CLANG) BPF_STRIP=$(BPF_STRIP) BPF_CFLAGS="$(BPF_CFLAGS)" go generate ./...
@@ -47,8 +62,8 @@ fuzz: ## Fuzz the service-file parser and the DNS handler, FUZZTIME each (defaul
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./servicefile
 	go test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./dnsstub
 
-bench: deps ## Run the benchmarks: ratios against a baseline measured in the same run.
-	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry
+bench: bench-deps ## Run the benchmarks: ratios against a baseline measured in the same run.
+	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry ./dnsstub
 
 run: ## Run sockmesh on the shipped services.d/, scoped to the cgroup sockmesh-demo (root).
 	go run ./cmd/sockmesh run --services ./services.d --cgroup sockmesh-demo --pin-dir /sys/fs/bpf/sockmesh-demo
