@@ -55,12 +55,13 @@ build: ## Build everything.
 test: deps check-generated ## Install what the tests need and run them all (root runs the kernel tests).
 	go vet ./...
 	go test $(GO_TEST_FLAGS) ./...
-	$(MAKE) fuzz FUZZTIME=15s
+	$(MAKE) fuzz FUZZTIME=10s
 
 FUZZTIME ?= 60s
-fuzz: ## Fuzz the service-file parser and the DNS handler, FUZZTIME each (default 60s).
+fuzz: ## Fuzz the service-file parser, the DNS handler and its fast path, FUZZTIME each (default 60s).
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./servicefile
 	go test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./dnsstub
+	go test -run '^$$' -fuzz '^FuzzFastPath$$' -fuzztime $(FUZZTIME) ./dnsstub
 
 bench: bench-deps ## Run the benchmarks: ratios against a baseline measured in the same run.
 	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry ./dnsstub

@@ -159,18 +159,38 @@ func (h *Handler) allowed(addr netip.Addr) bool {
 }
 
 // ServeDNS answers one query.
-func (h *Handler) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+func (h *Handler) ServeDNS(w dns.ResponseWriter, r *dns.Msg) { h.serve(w, r, nil) }
+
+// serve answers r. key, when not nil, is the fast-path key of the UDP
+// packet r came in: an answer from our zones is then cached under it.
+func (h *Handler) serve(w dns.ResponseWriter, r *dns.Msg, key []byte) {
 	client, udp := remote(w.RemoteAddr())
-	resp := h.respond(r, client)
+	z := h.zone.Load()
+	resp := h.respond(z, r, client)
 	if resp == nil {
 		h.stats.dropped.Add(1)
 		return
 	}
 	if udp {
 		resp.Truncate(udpLimit(r))
+		// Truncate drops compression when the answer fits without it;
+		// cached answers need it: their names point at the question.
+		resp.Compress = true
 	}
 	h.stats.count(resp.Rcode)
-	if err := w.WriteMsg(resp); err != nil {
+	var err error
+	if key != nil && resp.Authoritative && !resp.Truncated {
+		var wire []byte
+		if wire, err = resp.Pack(); err == nil {
+			if len(wire) <= maxCachedAnswer {
+				z.cache.put(key, wire, resp.Rcode)
+			}
+			_, err = w.Write(wire)
+		}
+	} else {
+		err = w.WriteMsg(resp)
+	}
+	if err != nil {
 		h.cfg.Logger.Debug("write DNS answer", "client", client, "error", err)
 	}
 }
@@ -196,12 +216,12 @@ func udpLimit(r *dns.Msg) int {
 }
 
 // respond builds the answer to r, or returns nil to send none.
-func (h *Handler) respond(r *dns.Msg, client netip.Addr) *dns.Msg {
+func (h *Handler) respond(z *zone, r *dns.Msg, client netip.Addr) *dns.Msg {
 	if r.Response {
 		return nil // never answer an answer: that is how loops and reflection start
 	}
 	opt, ednsRcode := checkEDNS(r)
-	resp := h.answer(r, client, opt, ednsRcode)
+	resp := h.answer(z, r, client, opt, ednsRcode)
 	if resp == nil {
 		return nil
 	}
@@ -219,7 +239,7 @@ func (h *Handler) respond(r *dns.Msg, client netip.Addr) *dns.Msg {
 
 // answer applies the rules in order: client allowed, opcode, question
 // count, EDNS, question type and class, then our zones or the upstreams.
-func (h *Handler) answer(r *dns.Msg, client netip.Addr, opt *dns.OPT, ednsRcode int) *dns.Msg {
+func (h *Handler) answer(z *zone, r *dns.Msg, client netip.Addr, opt *dns.OPT, ednsRcode int) *dns.Msg {
 	if !h.allowed(client) {
 		return h.fail(r, dns.RcodeRefused)
 	}
@@ -242,7 +262,7 @@ func (h *Handler) answer(r *dns.Msg, client netip.Addr, opt *dns.OPT, ednsRcode 
 		return h.fail(r, dns.RcodeFormatError) // only valid in UPDATE (RFC 2136)
 	}
 	var resp *dns.Msg
-	if ans, ours := h.zone.Load().lookup(dns.CanonicalName(q.Name), q.Qtype); ours {
+	if ans, ours := z.lookup(dns.CanonicalName(q.Name), q.Qtype); ours {
 		resp = h.authoritative(r, q, ans)
 	} else if resp = h.forward(r, q, opt); resp == nil {
 		return nil
@@ -347,6 +367,8 @@ type Stats struct {
 	// upstream answered, Dropped queries left unanswered (responses,
 	// forwards beyond MaxForwards).
 	Forwarded, UpstreamFailures, Dropped uint64
+	// CacheHits counts answers sent from the packed-answer cache.
+	CacheHits uint64
 }
 
 // Stats returns the counters.
@@ -356,6 +378,7 @@ func (h *Handler) Stats() Stats {
 		Forwarded:        h.stats.forwarded.Load(),
 		UpstreamFailures: h.stats.upstreamFailures.Load(),
 		Dropped:          h.stats.dropped.Load(),
+		CacheHits:        h.stats.cacheHits.Load(),
 	}
 	for rc := range h.stats.rcodes {
 		if n := h.stats.rcodes[rc].Load(); n > 0 {
@@ -375,6 +398,7 @@ func rcodeName(rc int) string {
 type counters struct {
 	rcodes                               [24]atomic.Uint64
 	forwarded, upstreamFailures, dropped atomic.Uint64
+	cacheHits                            atomic.Uint64
 }
 
 func (c *counters) count(rcode int) {

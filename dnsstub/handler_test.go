@@ -14,6 +14,7 @@ import (
 type recorder struct {
 	remote net.Addr
 	msg    *dns.Msg
+	wire   []byte
 	writes int
 }
 
@@ -31,14 +32,23 @@ func (r *recorder) LocalAddr() net.Addr {
 	}
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 153), Port: 53}
 }
-func (r *recorder) RemoteAddr() net.Addr        { return r.remote }
-func (r *recorder) WriteMsg(m *dns.Msg) error   { r.msg = m; r.writes++; return nil }
-func (r *recorder) Write(b []byte) (int, error) { return len(b), nil }
-func (r *recorder) Close() error                { return nil }
-func (r *recorder) TsigStatus() error           { return nil }
-func (r *recorder) TsigTimersOnly(bool)         {}
-func (r *recorder) Hijack()                     {}
-func (r *recorder) Network() string             { return r.LocalAddr().Network() }
+func (r *recorder) RemoteAddr() net.Addr { return r.remote }
+func (r *recorder) WriteMsg(m *dns.Msg) error {
+	r.msg, r.writes = m, r.writes+1
+	wire, err := m.Pack()
+	r.wire = wire
+	return err
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.msg, r.wire, r.writes = new(dns.Msg), slices.Clone(b), r.writes+1
+	return len(b), r.msg.Unpack(b)
+}
+func (r *recorder) Close() error        { return nil }
+func (r *recorder) TsigStatus() error   { return nil }
+func (r *recorder) TsigTimersOnly(bool) {}
+func (r *recorder) Hijack()             {}
+func (r *recorder) Network() string     { return r.LocalAddr().Network() }
 
 // testServices is the zone most tests answer from.
 var testServices = []Service{

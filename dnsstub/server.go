@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -39,56 +40,96 @@ type Server struct {
 	log     *slog.Logger
 	addrs   []netip.AddrPort
 	servers []*dns.Server
+	udp     []*udpServer
 	errs    chan error
 }
 
 // Listen binds UDP and TCP on each address (port 0 picks one free port
 // for both) and starts serving h.
 func Listen(h *Handler, addrs []netip.AddrPort) (*Server, error) {
-	s := &Server{handler: h, log: h.cfg.Logger, errs: make(chan error, 2*len(addrs))}
+	s := &Server{handler: h, log: h.cfg.Logger, errs: make(chan error, (2+runtime.GOMAXPROCS(0))*len(addrs))}
 	for _, addr := range addrs {
-		pc, l, err := listenBoth(addr)
-		if err != nil {
+		if err := s.listen(addr); err != nil {
 			s.Close()
 			return nil, err
 		}
-		bound := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-		s.addrs = append(s.addrs, bound)
-		udp := &dns.Server{
+	}
+	return s, nil
+}
+
+func (s *Server) listen(addr netip.AddrPort) error {
+	h := s.handler
+	var udp *udpServer
+	var pc net.PacketConn
+	var l *net.TCPListener
+	var err error
+	if addr.Addr().IsUnspecified() {
+		pc, l, err = listenBoth(addr)
+	} else {
+		udp, l, err = listenFast(h, addr)
+	}
+	if err != nil {
+		return err
+	}
+	bound := netip.AddrPortFrom(addr.Addr(), netip.MustParseAddrPort(l.Addr().String()).Port())
+	s.addrs = append(s.addrs, bound)
+	servers := []*dns.Server{{
+		Listener:      &guardedListener{Listener: l, allowed: h.allowed, perClient: map[netip.Addr]int{}},
+		Handler:       h,
+		ReadTimeout:   ioTimeout,
+		WriteTimeout:  ioTimeout,
+		IdleTimeout:   func() time.Duration { return tcpIdleTimeout },
+		MsgAcceptFunc: dns.DefaultMsgAcceptFunc,
+	}}
+	if udp != nil {
+		s.udp = append(s.udp, udp)
+		udp.serve(s.errs)
+	} else {
+		servers = append(servers, &dns.Server{
 			PacketConn:    pc,
 			Handler:       h,
 			UDPSize:       udpReadSize,
 			ReadTimeout:   ioTimeout,
 			WriteTimeout:  ioTimeout,
 			MsgAcceptFunc: dns.DefaultMsgAcceptFunc,
-		}
-		tcp := &dns.Server{
-			Listener:      &guardedListener{Listener: l, allowed: h.allowed, perClient: map[netip.Addr]int{}},
-			Handler:       h,
-			ReadTimeout:   ioTimeout,
-			WriteTimeout:  ioTimeout,
-			IdleTimeout:   func() time.Duration { return tcpIdleTimeout },
-			MsgAcceptFunc: dns.DefaultMsgAcceptFunc,
-		}
-		for _, srv := range []*dns.Server{udp, tcp} {
-			started := make(chan struct{})
-			srv.NotifyStartedFunc = func() { close(started) }
-			s.servers = append(s.servers, srv)
-			go func() { s.errs <- srv.ActivateAndServe() }()
-			select {
-			case <-started:
-			case err := <-s.errs:
-				s.Close()
-				return nil, fmt.Errorf("serve DNS on %s: %w", bound, err)
-			}
-		}
-		s.log.Info("DNS stub listening", "addr", bound, "zone", h.cfg.Zone)
+		})
 	}
-	return s, nil
+	for _, srv := range servers {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		s.servers = append(s.servers, srv)
+		go func() { s.errs <- srv.ActivateAndServe() }()
+		select {
+		case <-started:
+		case err := <-s.errs:
+			return fmt.Errorf("serve DNS on %s: %w", bound, err)
+		}
+	}
+	s.log.Info("DNS stub listening", "addr", bound, "zone", h.cfg.Zone)
+	return nil
+}
+
+// listenFast binds the fast UDP server and TCP on the same address and
+// port.
+func listenFast(h *Handler, addr netip.AddrPort) (*udpServer, *net.TCPListener, error) {
+	for try := 0; ; try++ {
+		udp, err := listenUDP(h, addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(udp.addr()))
+		if err == nil {
+			return udp, l, nil
+		}
+		udp.close()
+		if addr.Port() != 0 || try == 10 || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, fmt.Errorf("listen for DNS on %s/tcp: %w", udp.addr(), err)
+		}
+	}
 }
 
 // listenBoth binds UDP and TCP on the same address and port.
-func listenBoth(addr netip.AddrPort) (net.PacketConn, net.Listener, error) {
+func listenBoth(addr netip.AddrPort) (net.PacketConn, *net.TCPListener, error) {
 	for try := 0; ; try++ {
 		pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
 		if err != nil {
@@ -129,6 +170,9 @@ func (s *Server) Close() error {
 		if err := srv.ShutdownContext(ctx); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	for _, u := range s.udp {
+		u.close()
 	}
 	return errors.Join(errs...)
 }

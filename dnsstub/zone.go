@@ -37,6 +37,8 @@ type zone struct {
 	// nonTerminals are names that exist only because a longer name does
 	// (e.g. _tcp.web.mesh.internal.): NODATA, not NXDOMAIN (RFC 8020).
 	nonTerminals map[string]bool
+	// cache holds packed answers for the fast path.
+	cache answerCache
 }
 
 type apex struct {
