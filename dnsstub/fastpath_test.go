@@ -60,7 +60,7 @@ func checkFastMatchesSlow(t *testing.T, h *Handler, pkt []byte, seed uint16) boo
 		t.Fatalf("fast path answer does not unpack: %v\nquery %x\nanswer %x", err, v, fast)
 	}
 	s.Unpack(slow.wire)
-	if strings.ToLower(f.String()) != strings.ToLower(s.String()) || f.Question[0].Name != s.Question[0].Name {
+	if !strings.EqualFold(f.String(), s.String()) || f.Question[0].Name != s.Question[0].Name {
 		t.Fatalf("fast path answer differs from the full path's\nquery %x\nfast %x\n%v\nslow %x\n%v", v, fast, f, slow.wire, s)
 	}
 	return true
