@@ -183,3 +183,16 @@ func TestServerIPv6(t *testing.T) {
 		t.Errorf("cache hits %d, want 1", st.CacheHits)
 	}
 }
+
+// TestListenRefusesSharedPort starts two stubs on one address: the second
+// must fail, not split the queries with the first through SO_REUSEPORT.
+func TestListenRefusesSharedPort(t *testing.T) {
+	first := startStub(t, Config{})
+	h := newTestHandler(t, Config{})
+	if s, err := Listen(h, first.Addrs()); err == nil {
+		s.Close()
+		t.Fatal("a second stub bound the same address")
+	} else if !strings.Contains(err.Error(), "address already in use") {
+		t.Errorf("error %v, want address already in use", err)
+	}
+}

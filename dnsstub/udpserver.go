@@ -46,6 +46,16 @@ func reusePort(_, _ string, c syscall.RawConn) error {
 // listenUDP binds the sockets; port 0 picks one port for all of them.
 func listenUDP(h *Handler, addr netip.AddrPort) (*udpServer, error) {
 	u := &udpServer{h: h}
+	if addr.Port() != 0 {
+		// SO_REUSEPORT would let us share the port with another
+		// process's reuseport socket (a second daemon, say) and split the
+		// queries: a plain bind first proves the port is free.
+		probe, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
+		if err != nil {
+			return nil, fmt.Errorf("listen for DNS on %s/udp: %w", addr, err)
+		}
+		probe.Close()
+	}
 	lc := net.ListenConfig{Control: reusePort}
 	for i := range runtime.GOMAXPROCS(0) {
 		pc, err := lc.ListenPacket(context.Background(), "udp", addr.String())
