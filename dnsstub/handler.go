@@ -115,6 +115,10 @@ type Handler struct {
 	zone  atomic.Pointer[zone]
 	fwd   *forwarder
 	stats counters
+	// pending is the latest service set Publish was given and no build
+	// took yet; building is true while a goroutine builds.
+	pending  atomic.Pointer[[]Service]
+	building atomic.Bool
 }
 
 // NewHandler makes a handler with an empty zone.
@@ -145,6 +149,32 @@ func (h *Handler) Zone() string { return h.cfg.Zone }
 // routes them: a name must never resolve to a VIP that does not work yet.
 func (h *Handler) Update(services []Service) {
 	h.zone.Store(buildZone(h.zcfg, services))
+}
+
+// Publish is Update in the background, for callers that must not wait the
+// zone build (about 3 µs a service): it returns at once, and a build in
+// progress is followed by one of the latest services published, skipping
+// those in between. Answers never go back to an older set.
+func (h *Handler) Publish(services []Service) {
+	h.pending.Store(&services)
+	if h.building.CompareAndSwap(false, true) {
+		go h.buildPending()
+	}
+}
+
+func (h *Handler) buildPending() {
+	for {
+		if p := h.pending.Swap(nil); p != nil {
+			h.Update(*p)
+			continue
+		}
+		h.building.Store(false)
+		// A Publish between the Swap and the Store saw a build running
+		// and started none: take its services unless another did.
+		if h.pending.Load() == nil || !h.building.CompareAndSwap(false, true) {
+			return
+		}
+	}
 }
 
 // allowed reports whether a client may ask.

@@ -1,11 +1,13 @@
 package dnsstub
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -385,6 +387,70 @@ func TestReverseZones(t *testing.T) {
 		got := reverseZones([]netip.Prefix{netip.MustParsePrefix(tc.prefix)})
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("%s:\n got %q\nwant %q", tc.prefix, got, tc.want)
+		}
+	}
+}
+
+// TestPublish publishes service sets faster than zones build: the handler
+// ends up answering the last one.
+func TestPublish(t *testing.T) {
+	h := newTestHandler(t, Config{})
+	for i := range 200 {
+		h.Publish([]Service{{Name: fmt.Sprintf("svc-%d", i), VIPs: addrs("198.18.0.1")}})
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		w := newRecorder("127.0.0.1:1", true)
+		h.ServeDNS(w, query("svc-199.mesh.internal.", dns.TypeA))
+		if w.msg.Rcode == dns.RcodeSuccess {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the last service set published is not served after 2s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	w := newRecorder("127.0.0.1:1", true)
+	h.ServeDNS(w, query("svc-198.mesh.internal.", dns.TypeA))
+	if w.msg.Rcode != dns.RcodeNameError {
+		t.Errorf("an older service set is served: %v", w.msg)
+	}
+}
+
+// BenchmarkBuildZone builds the zone of 10,000 services, what each registry
+// change costs the DNS stub.
+func BenchmarkBuildZone(b *testing.B) {
+	var svcs []Service
+	for i := range 10000 {
+		svcs = append(svcs, Service{
+			Name:  fmt.Sprintf("svc-%d", i),
+			VIPs:  addrs(fmt.Sprintf("198.18.%d.%d", i>>8, i&255), fmt.Sprintf("fd6d:6573:6800::%x", i)),
+			Ports: []Port{{Name: "http", Number: 80, Proto: "tcp"}},
+		})
+	}
+	z := zoneConfig{origin: "mesh.internal.", reverse: testRanges, ttl: 300, negativeTTL: 5}
+	b.ReportAllocs()
+	for b.Loop() {
+		buildZone(z, svcs)
+	}
+}
+
+func TestInZone(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want bool
+	}{
+		{"mesh.internal.", true},
+		{"web.mesh.internal.", true},
+		{"a.b.mesh.internal.", true},
+		{"xmesh.internal.", false},
+		{"internal.", false},
+		{`a\.mesh.internal.`, false},   // one label "a.mesh" under internal.
+		{`a\\.mesh.internal.`, true},   // label `a\` under the zone
+		{`a\\\.mesh.internal.`, false}, // escaped backslash, then escaped dot
+	} {
+		if got := inZone(tc.name, "mesh.internal."); got != tc.want {
+			t.Errorf("inZone(%q) = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package dnsstub
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,14 +47,40 @@ type apex struct {
 	soa  *dns.SOA
 }
 
-// node is the records of one owner name, by type.
+// node is the records of one owner name: the few types a zone of
+// services has.
 type node struct {
-	byType map[uint16][]dns.RR
+	a, aaaa, srv, ptr []dns.RR
 }
 
 func (n *node) add(rr dns.RR) {
-	t := rr.Header().Rrtype
-	n.byType[t] = append(n.byType[t], rr)
+	switch rr.Header().Rrtype {
+	case dns.TypeA:
+		n.a = append(n.a, rr)
+	case dns.TypeAAAA:
+		n.aaaa = append(n.aaaa, rr)
+	case dns.TypeSRV:
+		n.srv = append(n.srv, rr)
+	case dns.TypePTR:
+		n.ptr = append(n.ptr, rr)
+	}
+}
+
+// get returns the records of type t; ANY gets them all.
+func (n *node) get(t uint16) []dns.RR {
+	switch t {
+	case dns.TypeA:
+		return n.a
+	case dns.TypeAAAA:
+		return n.aaaa
+	case dns.TypeSRV:
+		return n.srv
+	case dns.TypePTR:
+		return n.ptr
+	case dns.TypeANY:
+		return slices.Concat(n.a, n.aaaa, n.srv, n.ptr)
+	}
+	return nil
 }
 
 // zoneConfig is what a zone is built from besides the services.
@@ -68,7 +95,7 @@ type zoneConfig struct {
 // already checked names and addresses.
 func buildZone(c zoneConfig, services []Service) *zone {
 	serial := uint32(time.Now().Unix())
-	z := &zone{names: make(map[string]*node), nonTerminals: make(map[string]bool)}
+	z := &zone{names: make(map[string]*node, 4*len(services)), nonTerminals: make(map[string]bool, 2*len(services))}
 	z.apexes = append(z.apexes, apex{c.origin, newSOA(c.origin, c.origin, serial, c.negativeTTL)})
 	for _, name := range reverseZones(c.reverse) {
 		z.apexes = append(z.apexes, apex{name, newSOA(name, c.origin, serial, c.negativeTTL)})
@@ -125,27 +152,49 @@ func (z *zone) add(rr dns.RR) {
 	owner := rr.Header().Name
 	n := z.names[owner]
 	if n == nil {
-		n = &node{byType: make(map[uint16][]dns.RR, 2)}
+		n = &node{}
 		z.names[owner] = n
 	}
 	n.add(rr)
 	a := z.authority(owner)
-	for name := parent(owner); name != "" && a != nil && name != a.name; name = parent(name) {
+	// Walk up to the apex, stopping at the first name already marked:
+	// everything above it is marked too.
+	for name := parent(owner); name != "" && a != nil && name != a.name && !z.nonTerminals[name]; name = parent(name) {
 		z.nonTerminals[name] = true
 	}
 }
 
-// authority returns the apex of the zone that owns name, or nil when the
-// name is not ours and must be forwarded. Longest match wins.
+// authority returns the apex of the zone that owns name (lower case), or
+// nil when the name is not ours and must be forwarded. Longest match wins.
 func (z *zone) authority(name string) *apex {
 	var best *apex
 	for i := range z.apexes {
 		a := &z.apexes[i]
-		if dns.IsSubDomain(a.name, name) && (best == nil || len(a.name) > len(best.name)) {
+		if inZone(name, a.name) && (best == nil || len(a.name) > len(best.name)) {
 			best = a
 		}
 	}
 	return best
+}
+
+// inZone reports whether name is apex or below it; both are lower-case
+// FQDNs in miekg's presentation form. (dns.IsSubDomain says the same but
+// splits both names into labels, which made building a big zone slow.)
+func inZone(name, apex string) bool {
+	if name == apex {
+		return true
+	}
+	cut := len(name) - len(apex) - 1
+	if cut < 0 || name[cut] != '.' || name[cut+1:] != apex {
+		return false
+	}
+	// The dot must end a label, not be an escaped "\." inside one: an odd
+	// run of backslashes before it escapes it.
+	n := 0
+	for i := cut - 1; i >= 0 && name[i] == '\\'; i-- {
+		n++
+	}
+	return n%2 == 0
 }
 
 // parent strips the first label of an FQDN; the root has no parent ("").
@@ -234,9 +283,6 @@ type answer struct {
 	soa *dns.SOA
 }
 
-// anyOrder is the order of the records in an answer to ANY.
-var anyOrder = []uint16{dns.TypeSOA, dns.TypeA, dns.TypeAAAA, dns.TypeSRV, dns.TypePTR}
-
 // lookup answers qname (a lower-case FQDN) and qtype from the zone; ok is
 // false when the name belongs to none of its zones.
 func (z *zone) lookup(qname string, qtype uint16) (ans answer, ok bool) {
@@ -259,21 +305,15 @@ func (z *zone) lookup(qname string, qtype uint16) (ans answer, ok bool) {
 		negative.rcode = dns.RcodeNameError
 		return negative, true
 	}
-	if qtype == dns.TypeANY {
-		for _, t := range anyOrder {
-			ans.records = append(ans.records, n.byType[t]...)
-		}
-	} else {
-		ans.records = n.byType[qtype]
-	}
+	ans.records = n.get(qtype)
 	if len(ans.records) == 0 {
 		return negative, true
 	}
 	for _, rr := range ans.records {
 		if srv, isSRV := rr.(*dns.SRV); isSRV {
 			if t := z.names[srv.Target]; t != nil {
-				ans.extra = append(ans.extra, t.byType[dns.TypeA]...)
-				ans.extra = append(ans.extra, t.byType[dns.TypeAAAA]...)
+				ans.extra = append(ans.extra, t.a...)
+				ans.extra = append(ans.extra, t.aaaa...)
 			}
 		}
 	}

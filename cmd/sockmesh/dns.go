@@ -120,9 +120,10 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 
 // publishDNS is the registry's OnApply hook for the DNS stub. The registry
 // calls it only once the datapath took a snapshot, so a name never
-// resolves to a VIP that does not route yet.
+// resolves to a VIP that does not route yet; the zone is built in the
+// background, so the registry does not wait for it.
 func publishDNS(h *dnsstub.Handler) func(*registry.Snapshot) {
-	return func(s *registry.Snapshot) { h.Update(dnsServices(s)) }
+	return func(s *registry.Snapshot) { h.Publish(dnsServices(s)) }
 }
 
 // dnsServices is what DNS publishes of a snapshot: every service the
