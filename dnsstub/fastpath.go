@@ -18,8 +18,9 @@ const (
 	// 512 bytes), so the client's buffer size needs no place in the key.
 	maxCachedAnswer = dns.MinMsgSize
 	// maxCachedAnswers bounds the cache, since names that do not exist
-	// (NXDOMAIN answers) are as many as a client cares to invent.
-	maxCachedAnswers = 1 << 16
+	// (NXDOMAIN answers) are as many as a client cares to invent: at most
+	// about 10 MB.
+	maxCachedAnswers = 1 << 14
 )
 
 // answerCache maps a question key to its packed answer.
@@ -43,12 +44,12 @@ func (c *answerCache) get(key []byte) (cachedAnswer, bool) {
 func (c *answerCache) put(key, wire []byte, rcode int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m == nil {
+	if c.m == nil || len(c.m) >= maxCachedAnswers {
+		// Full: start over rather than stop caching, so a client inventing
+		// names costs the others one miss each, not the fast path.
 		c.m = make(map[string]cachedAnswer)
 	}
-	if len(c.m) < maxCachedAnswers {
-		c.m[string(key)] = cachedAnswer{wire: wire, rcode: rcode}
-	}
+	c.m[string(key)] = cachedAnswer{wire: wire, rcode: rcode}
 }
 
 // Header bits the key keeps: everything else in a query's flags leaves
@@ -123,7 +124,11 @@ func questionKey(dst, pkt []byte) (key []byte, nameLen int, ok bool) {
 			bits |= 8
 		}
 		rdlen := int(binary.BigEndian.Uint16(pkt[off+9:]))
-		off += 11 + rdlen
+		off += 11
+		if off+rdlen != len(pkt) || !plainOptions(pkt[off:off+rdlen]) {
+			return nil, 0, false
+		}
+		off += rdlen
 	}
 	if off != len(pkt) {
 		return nil, 0, false
@@ -149,4 +154,34 @@ func (h *Handler) fastAnswer(pkt []byte, client netip.Addr, out, keyBuf []byte) 
 	h.stats.count(a.rcode)
 	h.stats.cacheHits.Add(1)
 	return out, true
+}
+
+// EDNS options the fast path lets through: those miekg unpacks without
+// ever failing, so the full path would not answer FORMERR either.
+const (
+	optCookie  = 10 // RFC 7873: 8 bytes of client cookie, or 16 to 40 with the server's
+	optPadding = 12 // RFC 7830
+)
+
+// plainOptions reports whether the OPT rdata is a well-formed list of
+// cookie and padding options only; anything else takes the full path,
+// which checks it.
+func plainOptions(rdata []byte) bool {
+	for len(rdata) > 0 {
+		if len(rdata) < 4 {
+			return false
+		}
+		code, n := binary.BigEndian.Uint16(rdata), int(binary.BigEndian.Uint16(rdata[2:]))
+		if 4+n > len(rdata) {
+			return false
+		}
+		switch {
+		case code == optPadding:
+		case code == optCookie && (n == 8 || 16 <= n && n <= 40):
+		default:
+			return false
+		}
+		rdata = rdata[4+n:]
+	}
+	return true
 }

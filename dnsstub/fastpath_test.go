@@ -143,8 +143,9 @@ func TestFastPathServer(t *testing.T) {
 	}
 }
 
-// FuzzFastPath checks, for any packet, that a cached answer to a variant
-// of it is byte for byte what the full path answers.
+// FuzzFastPath checks, for any packet, that a cached answer to it or to a
+// variant of it is what the full path answers (the same message; names may
+// differ in case where they point at the question).
 func FuzzFastPath(f *testing.F) {
 	for _, m := range []*dns.Msg{
 		query("web.mesh.internal.", dns.TypeA),
@@ -155,13 +156,91 @@ func FuzzFastPath(f *testing.F) {
 		wire, _ := m.Pack()
 		f.Add(wire, uint16(0x3c3c))
 	}
+	// An option header without its data: the full path says FORMERR.
+	withOpt := withEDNS(query("web.mesh.internal.", dns.TypeA), 1232, 0)
+	withOpt.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}}
+	wire, _ := withOpt.Pack()
+	f.Add(wire, uint16(1))
+	f.Add(truncatedOption(wire), uint16(2))
 	h := newTestHandler(f, Config{})
 	f.Fuzz(func(t *testing.T, pkt []byte, seed uint16) {
 		if len(pkt) < 12 {
 			return
 		}
 		checkFastMatchesSlow(t, h, pkt, seed)
+		checkKeyCoversPacket(t, h, pkt)
 	})
+}
+
+// truncatedOption replaces the 12-byte cookie option ending wire with an
+// option header that promises 8 bytes and has none.
+func truncatedOption(wire []byte) []byte {
+	bad := bytes.Clone(wire[:len(wire)-12])
+	binary.BigEndian.PutUint16(bad[len(bad)-2:], 4) // OPT rdlen
+	return append(bad, 0x00, 0x0a, 0x00, 0x08)
+}
+
+func TestFastPathOptions(t *testing.T) {
+	h := newTestHandler(t, Config{})
+	m := withEDNS(query("web.mesh.internal.", dns.TypeA), 1232, 0)
+	m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}}
+	wire, _ := m.Pack()
+	if _, _, ok := questionKey(nil, wire); !ok {
+		t.Error("a query with a client cookie does not take the fast path")
+	}
+	bad := truncatedOption(wire)
+	if _, _, ok := questionKey(nil, bad); ok {
+		t.Error("a query with a cut-off option takes the fast path")
+	}
+	checkKeyCoversPacket(t, h, bad)
+	slow := newRecorder("127.0.0.1:5353", true)
+	h.servePacket(slow, bad)
+	if slow.msg == nil || slow.msg.Rcode != dns.RcodeFormatError {
+		t.Errorf("cut-off option: %v, want FORMERR", slow.msg)
+	}
+}
+
+// checkKeyCoversPacket warms the cache with a clean query of pkt's key,
+// then checks the fast path answers pkt itself (whatever else it carries:
+// EDNS payload size, options, extended rcode bits) as the full path does.
+func checkKeyCoversPacket(t *testing.T, h *Handler, pkt []byte) {
+	t.Helper()
+	key, _, ok := questionKey(nil, pkt)
+	if !ok {
+		return
+	}
+	name, off, err := dns.UnpackDomainName(key, 0)
+	if err != nil {
+		t.Fatalf("key %x: name does not unpack: %v", key, err)
+	}
+	clean := new(dns.Msg)
+	clean.Question = []dns.Question{{Name: name, Qtype: binary.BigEndian.Uint16(key[off:]), Qclass: binary.BigEndian.Uint16(key[off+2:])}}
+	bits := key[off+4]
+	clean.RecursionDesired, clean.CheckingDisabled = bits&1 != 0, bits&2 != 0
+	if bits&4 != 0 {
+		clean.SetEdns0(1232, bits&8 != 0)
+	}
+	wire, err := clean.Pack()
+	if err != nil {
+		return // a name miekg cannot write back; the full path answers FORMERR to it
+	}
+	if k2, _, _ := questionKey(nil, wire); !bytes.Equal(k2, key) {
+		t.Fatalf("clean query has key %x, want %x", k2, key)
+	}
+	dropCache(h)
+	h.servePacket(newRecorder("127.0.0.1:5353", true), wire)
+	fast, hit := h.fastAnswer(pkt, netip.MustParseAddr("127.0.0.1"), nil, nil)
+	if !hit {
+		return
+	}
+	fast = bytes.Clone(fast)
+	dropCache(h)
+	slow := newRecorder("127.0.0.1:5353", true)
+	h.servePacket(slow, pkt)
+	f, s := new(dns.Msg), new(dns.Msg)
+	if f.Unpack(fast) != nil || s.Unpack(slow.wire) != nil || !strings.EqualFold(f.String(), s.String()) {
+		t.Fatalf("fast path answer to a packet of a cached key differs from the full path's\nquery %x\nfast %v\nslow %v", pkt, f, s)
+	}
 }
 
 // TestServerIPv6 serves on ::1: the batch path of the IPv6 socket, twice

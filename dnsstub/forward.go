@@ -106,6 +106,7 @@ func sameQuestion(a, b dns.Question) bool {
 // question (with its letter case), and no OPT but the one respond adds.
 func (f *forwarder) toClient(resp, r *dns.Msg, opt *dns.OPT) *dns.Msg {
 	resp.Id = r.Id
+	resp.Authoritative = false // the upstream's zone, not ours
 	resp.Question = r.Question
 	resp.Compress = true
 	extra := resp.Extra[:0]

@@ -4,7 +4,6 @@
 package dnsstub
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -26,6 +25,8 @@ const (
 	DefaultNegativeTTL     = 5 * time.Second
 	DefaultUpstreamTimeout = 2 * time.Second
 	DefaultMaxForwards     = 512
+	// MaxTTL is the largest TTL RFC 2181 (section 8) allows: 2^31 - 1 s.
+	MaxTTL = (1<<31 - 1) * time.Second
 	// ednsSize is the UDP payload size we offer and send at most: the DNS
 	// flag day 2020 value, which avoids IP fragmentation on any path.
 	ednsSize = 1232
@@ -74,8 +75,8 @@ func (c *Config) setDefaults() error {
 	if c.NegativeTTL == 0 {
 		c.NegativeTTL = DefaultNegativeTTL
 	}
-	if c.TTL < 0 || c.NegativeTTL < 0 {
-		return errors.New("check TTLs: a TTL cannot be negative")
+	if c.TTL < 0 || c.NegativeTTL < 0 || c.TTL > MaxTTL || c.NegativeTTL > MaxTTL {
+		return fmt.Errorf("check TTLs: a TTL is from 0 to %v (RFC 2181)", MaxTTL)
 	}
 	if c.Allow == nil {
 		c.Allow = DefaultAllow
@@ -196,7 +197,7 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, r *dns.Msg) { h.serve(w, r, nil
 func (h *Handler) serve(w dns.ResponseWriter, r *dns.Msg, key []byte) {
 	client, udp := remote(w.RemoteAddr())
 	z := h.zone.Load()
-	resp := h.respond(z, r, client)
+	resp, ours := h.respond(z, r, client)
 	if resp == nil {
 		h.stats.dropped.Add(1)
 		return
@@ -209,7 +210,10 @@ func (h *Handler) serve(w dns.ResponseWriter, r *dns.Msg, key []byte) {
 	}
 	h.stats.count(resp.Rcode)
 	var err error
-	if key != nil && resp.Authoritative && !resp.Truncated {
+	// Only answers from our zone are cached: they change only with the
+	// zone, which has its own cache. Forwarded answers have TTLs of their
+	// own and are never kept.
+	if key != nil && ours && !resp.Truncated {
 		var wire []byte
 		if wire, err = resp.Pack(); err == nil {
 			if len(wire) <= maxCachedAnswer {
@@ -245,18 +249,19 @@ func udpLimit(r *dns.Msg) int {
 	return dns.MinMsgSize
 }
 
-// respond builds the answer to r, or returns nil to send none.
-func (h *Handler) respond(z *zone, r *dns.Msg, client netip.Addr) *dns.Msg {
+// respond builds the answer to r, or returns nil to send none; ours is
+// true for an answer from the zone z (not forwarded, not an error).
+func (h *Handler) respond(z *zone, r *dns.Msg, client netip.Addr) (resp *dns.Msg, ours bool) {
 	if r.Response {
-		return nil // never answer an answer: that is how loops and reflection start
+		return nil, false // never answer an answer: that is how loops and reflection start
 	}
 	opt, ednsRcode := checkEDNS(r)
-	resp := h.answer(z, r, client, opt, ednsRcode)
+	resp, ours = h.answer(z, r, client, opt, ednsRcode)
 	if resp == nil {
-		return nil
+		return nil, false
 	}
 	switch {
-	case ednsRcode == dns.RcodeBadVers:
+	case resp.Rcode == dns.RcodeBadVers:
 		// The extended rcode's upper bits travel in the OPT record.
 		resp.SetEdns0(ednsSize, false)
 		resp.Rcode = dns.RcodeBadVers
@@ -264,41 +269,42 @@ func (h *Handler) respond(z *zone, r *dns.Msg, client netip.Addr) *dns.Msg {
 		// RFC 6891 7: a request with OPT gets a response with OPT.
 		resp.SetEdns0(ednsSize, opt.Do())
 	}
-	return resp
+	return resp, ours
 }
 
 // answer applies the rules in order: client allowed, opcode, question
 // count, EDNS, question type and class, then our zones or the upstreams.
-func (h *Handler) answer(z *zone, r *dns.Msg, client netip.Addr, opt *dns.OPT, ednsRcode int) *dns.Msg {
+func (h *Handler) answer(z *zone, r *dns.Msg, client netip.Addr, opt *dns.OPT, ednsRcode int) (*dns.Msg, bool) {
 	if !h.allowed(client) {
-		return h.fail(r, dns.RcodeRefused)
+		return h.fail(r, dns.RcodeRefused), false
 	}
 	if r.Opcode != dns.OpcodeQuery {
-		return h.fail(r, dns.RcodeNotImplemented)
+		return h.fail(r, dns.RcodeNotImplemented), false
 	}
 	if len(r.Question) != 1 {
-		return h.fail(r, dns.RcodeFormatError)
+		return h.fail(r, dns.RcodeFormatError), false
 	}
 	if ednsRcode != dns.RcodeSuccess {
-		return h.fail(r, ednsRcode)
+		return h.fail(r, ednsRcode), false
 	}
 	q := r.Question[0]
 	switch q.Qtype {
 	case dns.TypeOPT, dns.TypeTSIG, dns.TypeTKEY:
 		// Meta types that are never questions (RFC 6891, 8945, 2930).
-		return h.fail(r, dns.RcodeFormatError)
+		return h.fail(r, dns.RcodeFormatError), false
 	}
 	if q.Qclass == dns.ClassNONE {
-		return h.fail(r, dns.RcodeFormatError) // only valid in UPDATE (RFC 2136)
+		return h.fail(r, dns.RcodeFormatError), false // only valid in UPDATE (RFC 2136)
 	}
 	var resp *dns.Msg
-	if ans, ours := z.lookup(dns.CanonicalName(q.Name), q.Qtype); ours {
-		resp = h.authoritative(r, q, ans)
+	ours := false
+	if ans, inZone := z.lookup(dns.CanonicalName(q.Name), q.Qtype); inZone {
+		resp, ours = h.authoritative(r, q, ans)
 	} else if resp = h.forward(r, q, opt); resp == nil {
-		return nil
+		return nil, false
 	}
 	resp.RecursionAvailable = h.fwd != nil
-	return resp
+	return resp, ours
 }
 
 // checkEDNS returns the request's OPT record, or the rcode for a bad one:
@@ -333,13 +339,13 @@ func (h *Handler) fail(r *dns.Msg, rcode int) *dns.Msg {
 }
 
 // authoritative answers a question about one of our zones.
-func (h *Handler) authoritative(r *dns.Msg, q dns.Question, ans answer) *dns.Msg {
+func (h *Handler) authoritative(r *dns.Msg, q dns.Question, ans answer) (*dns.Msg, bool) {
 	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
-		return h.fail(r, dns.RcodeRefused) // we serve the Internet class only
+		return h.fail(r, dns.RcodeRefused), false // we serve the Internet class only
 	}
 	switch q.Qtype {
 	case dns.TypeAXFR, dns.TypeIXFR:
-		return h.fail(r, dns.RcodeRefused) // no zone transfers
+		return h.fail(r, dns.RcodeRefused), false // no zone transfers
 	}
 	resp := new(dns.Msg)
 	resp.SetReply(r)
@@ -363,7 +369,7 @@ func (h *Handler) authoritative(r *dns.Msg, q dns.Question, ans answer) *dns.Msg
 	if ans.soa != nil {
 		resp.Ns = []dns.RR{ans.soa}
 	}
-	return resp
+	return resp, true
 }
 
 // forward asks the upstreams a question outside our zones; nil means drop.

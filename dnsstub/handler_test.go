@@ -188,6 +188,8 @@ func TestHandler(t *testing.T) {
 		{name: "class CHAOS outside", msg: withClass(query("version.bind.", dns.TypeTXT), dns.ClassCHAOS), rcode: dns.RcodeRefused},
 		{name: "zone transfer", msg: query("mesh.internal.", dns.TypeAXFR), tcp: true, rcode: dns.RcodeRefused},
 		{name: "EDNS version 1", msg: withEDNS(query("web.mesh.internal.", dns.TypeA), 1, 1), rcode: dns.RcodeBadVers},
+		{name: "EDNS version 1 from a client not allowed", msg: withEDNS(query("web.mesh.internal.", dns.TypeA), 1, 1), client: "192.0.2.7:53", rcode: dns.RcodeRefused},
+		{name: "EDNS version 1 with NOTIFY", msg: withOpcode(withEDNS(query("web.mesh.internal.", dns.TypeA), 1, 1), dns.OpcodeNotify), rcode: dns.RcodeNotImplemented},
 		{name: "two OPT records", msg: twoOPTs(), rcode: dns.RcodeFormatError},
 		{name: "a response is never answered", msg: asResponse(query("web.mesh.internal.", dns.TypeA)), silent: true},
 	}

@@ -121,7 +121,7 @@ func listenFast(h *Handler, addr netip.AddrPort) (*udpServer, *net.TCPListener, 
 		if err == nil {
 			return udp, l, nil
 		}
-		udp.close()
+		udp.close(0)
 		if addr.Port() != 0 || try == 10 || !errors.Is(err, syscall.EADDRINUSE) {
 			return nil, nil, fmt.Errorf("listen for DNS on %s/tcp: %w", udp.addr(), err)
 		}
@@ -163,7 +163,8 @@ func (s *Server) Errors() <-chan error { return s.errs }
 
 // Close stops serving, waiting at most a second for answers in flight.
 func (s *Server) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	deadline := time.Now().Add(time.Second)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	var errs []error
 	for _, srv := range s.servers {
@@ -172,7 +173,7 @@ func (s *Server) Close() error {
 		}
 	}
 	for _, u := range s.udp {
-		u.close()
+		u.close(time.Until(deadline))
 	}
 	return errors.Join(errs...)
 }
@@ -194,7 +195,12 @@ func (g *guardedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		addr := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+		ta, ok := c.RemoteAddr().(*net.TCPAddr)
+		if !ok {
+			c.Close()
+			continue
+		}
+		addr := ta.AddrPort().Addr().Unmap()
 		if !g.allowed(addr) || !g.take(addr) {
 			c.Close()
 			continue

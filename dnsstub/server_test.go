@@ -60,6 +60,11 @@ func startUpstream(t testing.TB, ip string, rcode int) *upstream {
 		case rcode != dns.RcodeSuccess:
 		case q.Name == "example.test." && q.Qtype == dns.TypeA:
 			m.Answer = append(m.Answer, &dns.A{Hdr: hdr(q.Name, dns.TypeA, 60), A: net.IPv4(192, 0, 2, 1)})
+		case q.Name == "aa.example.test." && q.Qtype == dns.TypeA:
+			// An upstream authoritative for its zone, as AD's DNS or
+			// dnsmasq for its hosts are.
+			m.Authoritative = true
+			m.Answer = append(m.Answer, &dns.A{Hdr: hdr(q.Name, dns.TypeA, 60), A: net.IPv4(192, 0, 2, 2)})
 		case q.Name == "big.example.test." && q.Qtype == dns.TypeTXT:
 			for i := range bigTXTRecords {
 				m.Answer = append(m.Answer, &dns.TXT{Hdr: hdr(q.Name, dns.TypeTXT, 60), Txt: []string{fmt.Sprintf("%03d-%s", i, strings.Repeat("x", 96))}})
@@ -224,6 +229,17 @@ func TestForward(t *testing.T) {
 	}
 	if up.count("example.test./udp") != 1 {
 		t.Errorf("upstream asked %v", up.asked)
+	}
+	// An upstream's authoritative answer is passed on without AA, and never
+	// cached: each question goes upstream.
+	for range 2 {
+		resp = exchange(t, stub, "udp", query("aa.example.test.", dns.TypeA))
+		if len(resp.Answer) != 1 || resp.Authoritative {
+			t.Errorf("forwarded authoritative answer: %v", resp)
+		}
+	}
+	if up.count("aa.example.test./udp") != 2 {
+		t.Errorf("upstream asked %v: want aa.example.test. twice", up.asked)
 	}
 	resp = exchange(t, stub, "udp", query("missing.example.test.", dns.TypeA))
 	if resp.Rcode != dns.RcodeNameError {
@@ -414,16 +430,20 @@ func TestBadInput(t *testing.T) {
 		MaxForwards:     16,
 	})
 	stub := s.Addrs()[0]
+	probes := 0
 	// probe is a client like a stub resolver: it retries a lost datagram
 	// (a flood can overflow the socket buffer), here after 200 ms.
 	probe := func(what string) {
 		t.Helper()
 		c := &dns.Client{Net: "udp", Timeout: 200 * time.Millisecond}
 		start := time.Now()
+		probes++
+		// A name never asked before: the full path, not the cache.
+		name := fmt.Sprintf("probe-%d.mesh.internal.", probes)
 		for try := 1; ; try++ {
-			resp, _, err := c.Exchange(query("web.mesh.internal.", dns.TypeA), stub.String())
+			resp, _, err := c.Exchange(query(name, dns.TypeA), stub.String())
 			if err == nil {
-				if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 1 {
+				if resp.Rcode != dns.RcodeNameError || len(resp.Ns) != 1 {
 					t.Fatalf("%s: probe answered %v", what, resp)
 				}
 				break

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
@@ -32,7 +33,9 @@ type udpServer struct {
 	h      *Handler
 	conns  []*net.UDPConn
 	closed atomic.Bool
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // the read loops
+	// inFlight counts the full-path answers being made.
+	inFlight sync.WaitGroup
 }
 
 func reusePort(_, _ string, c syscall.RawConn) error {
@@ -60,7 +63,7 @@ func listenUDP(h *Handler, addr netip.AddrPort) (*udpServer, error) {
 	for i := range runtime.GOMAXPROCS(0) {
 		pc, err := lc.ListenPacket(context.Background(), "udp", addr.String())
 		if err != nil {
-			u.close()
+			u.close(0)
 			return nil, fmt.Errorf("listen for DNS on %s/udp: %w", addr, err)
 		}
 		conn := pc.(*net.UDPConn)
@@ -133,6 +136,7 @@ func (u *udpServer) loop(conn *net.UDPConn) error {
 				k++
 				continue
 			}
+			u.inFlight.Add(1)
 			go u.slow(conn, slices.Clone(pkt), from.AddrPort())
 		}
 		for sent := 0; sent < k; {
@@ -147,6 +151,7 @@ func (u *udpServer) loop(conn *net.UDPConn) error {
 
 // slow answers pkt the long way, on its own goroutine.
 func (u *udpServer) slow(conn *net.UDPConn, pkt []byte, from netip.AddrPort) {
+	defer u.inFlight.Done()
 	u.h.servePacket(&udpWriter{conn: conn, remote: from}, pkt)
 }
 
@@ -187,12 +192,26 @@ func (h *Handler) servePacket(w dns.ResponseWriter, pkt []byte) {
 	_ = w.WriteMsg(resp)
 }
 
-func (u *udpServer) close() {
+// close stops the read loops at once and waits up to grace for answers
+// in flight (forwards among them); those still waiting then find their
+// socket closed.
+func (u *udpServer) close(grace time.Duration) {
 	u.closed.Store(true)
+	// A read deadline in the past ends the read loops but leaves the
+	// sockets open for the answers still being made.
+	for _, c := range u.conns {
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+	}
+	u.wg.Wait()
+	done := make(chan struct{})
+	go func() { u.inFlight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+	}
 	for _, c := range u.conns {
 		c.Close()
 	}
-	u.wg.Wait()
 }
 
 // udpWriter is the dns.ResponseWriter of the slow path.

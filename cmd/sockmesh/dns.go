@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -72,8 +73,13 @@ func (f *dnsFlags) config(ranges registry.Ranges, log *slog.Logger) (dnsstub.Con
 		Logger:        log,
 		Allow:         []netip.Prefix{}, // empty flag: nobody, not the default
 	}
-	if f.ttl < time.Second || f.negativeTTL < time.Second {
-		return cfg, nil, fmt.Errorf("parse --dns-ttl and --dns-negative-ttl: TTLs are whole seconds, at least 1s")
+	for _, ttl := range []struct {
+		flag string
+		d    time.Duration
+	}{{"--dns-ttl", f.ttl}, {"--dns-negative-ttl", f.negativeTTL}} {
+		if ttl.d < time.Second || ttl.d%time.Second != 0 || ttl.d > dnsstub.MaxTTL {
+			return cfg, nil, fmt.Errorf("parse %s: %v is not a TTL: use whole seconds from 1s to %v (RFC 2181)", ttl.flag, ttl.d, dnsstub.MaxTTL)
+		}
 	}
 	for _, s := range f.allow {
 		p, err := netip.ParsePrefix(s)
@@ -123,7 +129,17 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 // resolves to a VIP that does not route yet; the zone is built in the
 // background, so the registry does not wait for it.
 func publishDNS(h *dnsstub.Handler) func(*registry.Snapshot) {
-	return func(s *registry.Snapshot) { h.Publish(dnsServices(s)) }
+	var first sync.Once
+	return func(s *registry.Snapshot) {
+		services := dnsServices(s)
+		// The first snapshot is built before the registry reports ready,
+		// so the stub starts listening with every name in place.
+		built := false
+		first.Do(func() { h.Update(services); built = true })
+		if !built {
+			h.Publish(services)
+		}
+	}
 }
 
 // dnsServices is what DNS publishes of a snapshot: every service the

@@ -81,20 +81,7 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	if err != nil {
 		return err
 	}
-	cg, err := cgroupPath(f.cgroup)
-	if err != nil {
-		return err
-	}
-	d, err := lb.Open(lb.Options{PinDir: f.pinDir})
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Attach(cg); err != nil {
-		return err
-	}
-	log.Info("datapath attached", "cgroup", cg, "pins", f.pinDir, "restored services", len(d.Services()))
-
+	// Every flag is checked before the kernel is touched.
 	var dnsHandler *dnsstub.Handler
 	var dnsListen []netip.AddrPort
 	var onApply func(*registry.Snapshot)
@@ -109,6 +96,20 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		dnsListen = listen
 		onApply = publishDNS(dnsHandler)
 	}
+	cg, err := cgroupPath(f.cgroup)
+	if err != nil {
+		return err
+	}
+	d, err := lb.Open(lb.Options{PinDir: f.pinDir})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Attach(cg); err != nil {
+		return err
+	}
+	log.Info("datapath attached", "cgroup", cg, "pins", f.pinDir, "restored services", len(d.Services()))
+
 	reg, err := registry.New(registry.Options{
 		Dir:     f.services,
 		Ranges:  ranges,
@@ -120,21 +121,31 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- reg.Run(ctx) }()
+	// stop ends the registry before the datapath closes, whatever the
+	// reason run returns.
+	stop := func(err error) error {
+		cancel()
+		if rerr := <-done; err == nil {
+			err = rerr
+		}
+		return err
+	}
 	select {
 	case <-reg.Ready():
 	case err := <-done:
+		cancel()
 		return err
 	}
 	var dnsErrs <-chan error // nil without DNS: never ready
 	if dnsHandler != nil {
-		// Listen only now: before the first apply every name would be
-		// NXDOMAIN, and clients would cache that.
+		// Listen only now: the first snapshot is in the zone (publishDNS
+		// builds it before Ready), so no client gets an NXDOMAIN to cache
+		// for a service about to exist.
 		dnsServer, err := dnsstub.Listen(dnsHandler, dnsListen)
 		if err != nil {
-			return fmt.Errorf("%w (pick another address with --dns-listen, or --dns-listen off)", err)
+			return stop(fmt.Errorf("%w (pick another address with --dns-listen, or --dns-listen off)", err))
 		}
 		defer dnsServer.Close()
 		dnsErrs = dnsServer.Errors()
@@ -143,15 +154,14 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	log.Info("serving", "dir", f.services, "services", len(snap.Services), "errors", len(snap.Errors))
 	if f.readyFile != "" {
 		if err := os.WriteFile(f.readyFile, []byte(fmt.Sprintln(os.Getpid())), 0o644); err != nil {
-			return fmt.Errorf("write ready file: %w", err)
+			return stop(fmt.Errorf("write ready file: %w", err))
 		}
 	}
 	select {
 	case err = <-done:
-	case err = <-dnsErrs:
-		err = fmt.Errorf("serve DNS: %w", err)
 		cancel()
-		<-done
+	case err = <-dnsErrs:
+		err = stop(fmt.Errorf("serve DNS: %w", err))
 	}
 	log.Info("stopped; the datapath stays pinned and keeps serving", "pins", f.pinDir)
 	return err
