@@ -112,42 +112,47 @@ func (s *Server) listen(addr netip.AddrPort) error {
 // listenFast binds the fast UDP server and TCP on the same address and
 // port.
 func listenFast(h *Handler, addr netip.AddrPort) (*udpServer, *net.TCPListener, error) {
-	for try := 0; ; try++ {
+	return withTCPTwin(addr, func() (*udpServer, netip.AddrPort, func(), error) {
 		udp, err := listenUDP(h, addr)
 		if err != nil {
-			return nil, nil, err
+			return nil, netip.AddrPort{}, nil, err
 		}
-		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(udp.addr()))
-		if err == nil {
-			return udp, l, nil
-		}
-		udp.close(0)
-		if addr.Port() != 0 || try == 10 || !errors.Is(err, syscall.EADDRINUSE) {
-			return nil, nil, fmt.Errorf("listen for DNS on %s/tcp: %w", udp.addr(), err)
-		}
-	}
+		return udp, udp.addr(), func() { udp.close(0) }, nil
+	})
 }
 
-// listenBoth binds UDP and TCP on the same address and port.
+// listenBoth binds a plain UDP socket and TCP on the same address and port.
 func listenBoth(addr netip.AddrPort) (net.PacketConn, *net.TCPListener, error) {
-	for try := 0; ; try++ {
+	return withTCPTwin(addr, func() (net.PacketConn, netip.AddrPort, func(), error) {
 		pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
 		if err != nil {
-			return nil, nil, fmt.Errorf("listen for DNS on %s/udp: %w", addr, err)
+			return nil, netip.AddrPort{}, nil, fmt.Errorf("listen for DNS on %s/udp: %w", addr, err)
 		}
 		// A deep receive buffer rides out bursts (the kernel caps it at
 		// net.core.rmem_max); unbound advises the same.
 		_ = pc.SetReadBuffer(udpReadBuffer)
-		bound := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+		return pc, pc.LocalAddr().(*net.UDPAddr).AddrPort(), func() { pc.Close() }, nil
+	})
+}
+
+// withTCPTwin binds UDP with bindUDP (which returns what it bound, the
+// address it got and how to undo it), then TCP on the same address and
+// port. With port 0 the kernel may pick a UDP port whose TCP twin is
+// taken: then it picks again, a few times.
+func withTCPTwin[U any](addr netip.AddrPort, bindUDP func() (U, netip.AddrPort, func(), error)) (U, *net.TCPListener, error) {
+	for try := 0; ; try++ {
+		udp, bound, undo, err := bindUDP()
+		if err != nil {
+			return udp, nil, err
+		}
 		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(bound))
 		if err == nil {
-			return pc, l, nil
+			return udp, l, nil
 		}
-		pc.Close()
-		// With port 0 the kernel may pick a UDP port whose TCP twin is
-		// taken: pick again.
+		undo()
 		if addr.Port() != 0 || try == 10 || !errors.Is(err, syscall.EADDRINUSE) {
-			return nil, nil, fmt.Errorf("listen for DNS on %s/tcp: %w", bound, err)
+			var none U
+			return none, nil, fmt.Errorf("listen for DNS on %s/tcp: %w", bound, err)
 		}
 	}
 }
