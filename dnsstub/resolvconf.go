@@ -41,6 +41,17 @@ func SystemUpstreams(path string) ([]netip.AddrPort, error) {
 	return ups, nil
 }
 
+// DetectStyle guesses from the resolv.conf at path how the host resolves
+// names: systemd-resolved when the file names resolved's stub, plain
+// resolv.conf otherwise (an unreadable file included).
+func DetectStyle(path string) string {
+	ups, _ := readResolvConf(path)
+	if slices.ContainsFunc(ups, func(u netip.AddrPort) bool { return slices.Contains(resolvedStubs, u.Addr()) }) {
+		return StyleSystemdResolved
+	}
+	return StyleResolvConf
+}
+
 func readResolvConf(path string) ([]netip.AddrPort, error) {
 	cfg, err := dns.ClientConfigFromFile(path)
 	if err != nil {

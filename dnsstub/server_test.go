@@ -352,6 +352,17 @@ func TestResolvConfUpstreams(t *testing.T) {
 	if resp := exchange(t, stub, "tcp", query("example.test.", dns.TypeA)); len(resp.Answer) != 1 {
 		t.Errorf("answer %v", resp)
 	}
+	if got := DetectStyle(path); got != StyleResolvConf {
+		t.Errorf("style of a plain resolv.conf: %s", got)
+	}
+	resolved := t.TempDir() + "/resolved.conf"
+	os.WriteFile(resolved, []byte("nameserver 127.0.0.53\noptions edns0 trust-ad\n"), 0o644)
+	if got := DetectStyle(resolved); got != StyleSystemdResolved {
+		t.Errorf("style of systemd-resolved's resolv.conf: %s", got)
+	}
+	if got := DetectStyle(t.TempDir() + "/missing"); got != StyleResolvConf {
+		t.Errorf("style without resolv.conf: %s", got)
+	}
 	if _, err := SystemUpstreams(t.TempDir() + "/missing"); err == nil {
 		t.Error("a missing resolv.conf gave no error")
 	}

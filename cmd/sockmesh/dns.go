@@ -4,9 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -188,7 +185,7 @@ and --dns-zone as to sockmesh run.`,
 			if len(args) == 1 {
 				style = args[0]
 			} else {
-				style = detectResolver()
+				style = dnsstub.DetectStyle(dnsstub.ResolvConf)
 			}
 			snippet, err := dnsstub.Snippet(style, listen[0], f.zone, upstreams)
 			if err != nil {
@@ -200,16 +197,4 @@ and --dns-zone as to sockmesh run.`,
 	}
 	f.addListen(cmd)
 	return cmd
-}
-
-// detectResolver guesses how this host resolves names.
-func detectResolver() string {
-	data, err := os.ReadFile(dnsstub.ResolvConf)
-	if err == nil && slices.ContainsFunc(strings.Split(string(data), "\n"), func(l string) bool {
-		f := strings.Fields(l)
-		return len(f) == 2 && f[0] == "nameserver" && (f[1] == "127.0.0.53" || f[1] == "127.0.0.54")
-	}) {
-		return dnsstub.StyleSystemdResolved
-	}
-	return dnsstub.StyleResolvConf
 }
