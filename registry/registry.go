@@ -46,6 +46,11 @@ type Options struct {
 	// OnApply, if set, is called with each new snapshot once the datapath
 	// serves it (never before), from the registry's goroutine.
 	OnApply func(*Snapshot)
+	// LastGood are the texts of the versions a previous run served, by
+	// file path (Service.Source of its last snapshot). A file found in
+	// error by the first read keeps serving its last good version, as it
+	// would have had the daemon not restarted.
+	LastGood map[string][]byte
 }
 
 func (o *Options) setDefaults() error {
@@ -107,6 +112,9 @@ type Registry struct {
 	readyOnce sync.Once
 	ready     chan struct{}
 
+	// reload asks Run to read everything again (Reload).
+	reload chan struct{}
+
 	// pause, when set by a test, is waited on before each batch of events.
 	pause func()
 }
@@ -124,6 +132,7 @@ func New(opts Options, dp Applier) (*Registry, error) {
 		recheck: map[string]time.Time{},
 		pending: map[string]bool{},
 		ready:   make(chan struct{}),
+		reload:  make(chan struct{}, 1),
 	}
 	r.snap.Store(&Snapshot{Dir: opts.Dir})
 	return r, nil
@@ -135,6 +144,16 @@ func (r *Registry) Snapshot() *Snapshot { return r.snap.Load() }
 // Ready is closed after the first apply: the datapath serves the directory
 // as it was when Run started (or the directory is missing and reported).
 func (r *Registry) Ready() <-chan struct{} { return r.ready }
+
+// Reload makes Run read the whole directory again, every file included
+// whether or not it changed, and converge the datapath to it in full (the
+// daemon's SIGHUP).
+func (r *Registry) Reload() {
+	select {
+	case r.reload <- struct{}{}:
+	default: // one is pending already
+	}
+}
 
 // Check reads a services directory and validates it without a datapath:
 // what Run would serve, and every problem it would report.
@@ -168,6 +187,13 @@ func (r *Registry) Run(ctx context.Context) error {
 	wt.refresh()
 	r.scanAll(true)
 	r.apply()
+	// Last good versions are for what the first read finds broken (or is
+	// still waiting to judge), not for files that turn up later.
+	for path := range r.opts.LastGood {
+		if _, waiting := r.recheck[path]; !waiting {
+			delete(r.opts.LastGood, path)
+		}
+	}
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -189,6 +215,13 @@ func (r *Registry) Run(ctx context.Context) error {
 			b.fail()
 		case <-timer.C:
 			b.due = true
+		case <-r.reload:
+			r.log.Info("reloading: reading every service file again")
+			for _, f := range r.files {
+				f.id = fileID{} // read it whatever its identity
+			}
+			r.model = nil // and converge the datapath in full
+			b.rescan = true
 		}
 		// Take whatever else is already queued: a burst becomes one batch,
 		// while a lone change goes through at once, with no debounce.
@@ -264,7 +297,7 @@ func (r *Registry) handle(wt *watches, b *batch) {
 			changed = r.scanFile(path, true) || changed
 		}
 	}
-	if changed || r.dirty {
+	if changed || r.dirty || r.model == nil {
 		r.apply()
 	}
 }
@@ -393,12 +426,29 @@ func (r *Registry) scanFile(path string, grace bool) bool {
 		}
 	}
 	if f == nil {
-		f = &fileState{}
+		f = &fileState{live: r.lastGood(path, errs)}
 		r.files[path] = f
 	}
 	f.id, f.cur, f.errs = id, svc, errs
 	r.pending[path] = true
 	return true
+}
+
+// lastGood is the version a previous run served of a file now in error,
+// or nil.
+func (r *Registry) lastGood(path string, errs []*servicefile.Error) *servicefile.Service {
+	src, ok := r.opts.LastGood[path]
+	delete(r.opts.LastGood, path)
+	if len(errs) == 0 || !ok {
+		return nil
+	}
+	svc, err := servicefile.Parse(path, src)
+	if err != nil {
+		r.log.Warn("ignoring the last good version a previous run left", "file", path, "err", err)
+		return nil
+	}
+	r.log.Info("file in error: serving the version the previous run served", "file", path)
+	return svc
 }
 
 // apply assembles the desired set and hands it to the datapath. On

@@ -49,6 +49,7 @@ func Parse(file string, data []byte) (*Service, error) {
 		})
 		return nil, p.errs
 	}
+	s.Source = bytes.Clone(data)
 	return s, nil
 }
 

@@ -15,16 +15,19 @@ import (
 const file = "services.d/web.yaml"
 
 func TestParseSmallest(t *testing.T) {
-	s, err := Parse(file, []byte("name: web\nports: [80]\nbackends: [127.0.0.1:8080]\n"))
+	src := []byte("name: web\nports: [80]\nbackends: [127.0.0.1:8080]\n")
+	s, err := Parse(file, src)
 	if err != nil {
 		t.Fatal(err)
 	}
+	src[0] = '#' // the service keeps its own copy of the text
 	want := &Service{
 		Name:     "web",
 		Families: []Family{IPv4, IPv6},
 		Ports:    []Port{{Number: 80, Proto: lb.TCP, Pos: Pos{2, 9}}},
 		Backends: []Backend{{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8080, Weight: 1, Pos: Pos{3, 12}}},
 		NamePos:  Pos{1, 7},
+		Source:   []byte("name: web\nports: [80]\nbackends: [127.0.0.1:8080]\n"),
 	}
 	if !reflect.DeepEqual(s, want) {
 		t.Fatalf("got  %+v\nwant %+v", s, want)

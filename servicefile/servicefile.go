@@ -36,6 +36,10 @@ type Service struct {
 	// Where each part was written, for errors found later.
 	NamePos Pos
 	VIPPos  []Pos
+
+	// Source is the file's text as parsed, kept so a last good version
+	// can outlive the file (the daemon's state, restored after a restart).
+	Source []byte
 }
 
 // Family is an address family of a VIP.

@@ -1,0 +1,115 @@
+package registry
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"sockmesh/lb"
+)
+
+// startWith runs a registry with opts (Dir, Limits and Logger filled in).
+func startWith(t *testing.T, opts Options, dp Applier) *Registry {
+	t.Helper()
+	opts.Limits, opts.Logger = testLimits(), quietLogger(t)
+	r, err := New(opts, dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("registry: %v", err)
+		}
+	})
+	select {
+	case <-r.Ready():
+	case err := <-done:
+		t.Fatalf("registry stopped: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("registry not ready after 5s")
+	}
+	return r
+}
+
+// putOld writes a file whose last change is long past, so its errors are
+// reported at once rather than after the in-place-write grace.
+func putOld(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestLastGoodSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	web := putOld(t, dir, "web.yaml", "name: web\nports: [80\n") // broken
+	putOld(t, dir, "api.yaml", svcYAML("api", "10.0.0.9:80"))
+	later := filepath.Join(dir, "later.yaml")
+	r := startWith(t, Options{Dir: dir, LastGood: map[string][]byte{
+		web:   []byte(svcYAML("web", "10.0.0.1:80")),
+		later: []byte(svcYAML("later", "10.0.0.2:80")),
+	}}, &fakeDP{})
+
+	s := r.Snapshot()
+	sv, ok := s.Lookup("web")
+	if !ok || !sv.Stale || !slices.Equal(backendsOf(s, "web"), []string{"10.0.0.1:80"}) {
+		t.Fatalf("web after restart with a broken file: %s", describeSnap(s))
+	}
+	if len(errorsOf(s, web)) == 0 {
+		t.Fatalf("the broken file is not reported: %s", describeSnap(s))
+	}
+	if !hasBackends("api", "10.0.0.9:80")(s) {
+		t.Fatalf("api: %s", describeSnap(s))
+	}
+
+	// Fixing the file replaces the last good version.
+	put(t, dir, "web.yaml", svcYAML("web", "10.0.0.3:80"))
+	waitFor(t, r, within, "fixed", func(s *Snapshot) bool {
+		sv, ok := s.Lookup("web")
+		return ok && !sv.Stale && hasBackends("web", "10.0.0.3:80")(s)
+	})
+
+	// A broken file that turns up after the start gets nothing from the
+	// previous run.
+	putOld(t, dir, "later.yaml", "name: later\nports: [80\n")
+	s = waitFor(t, r, within, "later file", func(s *Snapshot) bool { return len(errorsOf(s, later)) > 0 })
+	if _, ok := s.Lookup("later"); ok {
+		t.Fatalf("a file that appeared after the start got a last good version: %s", describeSnap(s))
+	}
+}
+
+func TestReloadRereadsAndConverges(t *testing.T) {
+	dir := t.TempDir()
+	putOld(t, dir, "web.yaml", svcYAML("web", "10.0.0.1:80"))
+	dp := &fakeDP{}
+	r := startWith(t, Options{Dir: dir}, dp)
+	gen := r.Snapshot().Generation
+
+	// Someone emptied the maps behind the registry's back; the file is
+	// unchanged on disk.
+	dp.mu.Lock()
+	dp.set = nil
+	applies := dp.applies
+	dp.mu.Unlock()
+
+	r.Reload()
+	waitFor(t, r, 2*time.Second, "reload", func(s *Snapshot) bool { return s.Generation > gen })
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if dp.applies != applies+1 || len(dp.set) != 2 || dp.set[0].Key.Proto != lb.TCP { // one per VIP family
+		t.Fatalf("after reload: %d applies (want %d), datapath %+v", dp.applies, applies+1, dp.set)
+	}
+}
