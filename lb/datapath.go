@@ -340,6 +340,12 @@ func Remove(pinDir string) error {
 	return nil
 }
 
+// IsBPFFS reports whether dir is on a bpffs.
+func IsBPFFS(dir string) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(dir, &fs) == nil && fs.Type == unix.BPF_FS_MAGIC
+}
+
 // EnsureBPFFS mounts a bpffs at dir unless dir already is on one.
 func EnsureBPFFS(dir string) error {
 	var fs unix.Statfs_t

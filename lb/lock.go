@@ -22,6 +22,9 @@ type PinLock struct{ f *os.File }
 // exclusive flock on it, failing at once with ErrLocked when another
 // process holds it.
 func Lock(pinDir string) (*PinLock, error) {
+	if err := os.MkdirAll(filepath.Dir(pinDir), 0o700); err != nil {
+		return nil, fmt.Errorf("lock %s: %w", pinDir, err)
+	}
 	if err := EnsureBPFFS(filepath.Dir(pinDir)); err != nil {
 		return nil, fmt.Errorf("lock %s: %w", pinDir, err)
 	}

@@ -109,7 +109,7 @@ func readLinks(pinDir string) ([]PinnedLink, error) {
 		if !ok {
 			continue
 		}
-		l, err := link.LoadPinnedLink(filepath.Join(pinDir, e.Name()), &ebpf.LoadPinOptions{ReadOnly: true})
+		l, err := link.LoadPinnedLink(filepath.Join(pinDir, e.Name()), nil)
 		if err != nil {
 			return nil, fmt.Errorf("open link %s: %w", e.Name(), err)
 		}

@@ -189,5 +189,5 @@ func TestResolverCommand(t *testing.T) {
 // safeRun is `sockmesh run` pointed at plain directories, so that it can
 // never attach to a real cgroup or pin anything.
 func safeRun(t *testing.T) []string {
-	return []string{"run", "--cgroup", t.TempDir(), "--pin-dir", filepath.Join(t.TempDir(), "pins"), "--services", t.TempDir()}
+	return []string{"run", "--cgroup", t.TempDir(), "--pin-dir", filepath.Join(t.TempDir(), "pins"), "--state-dir", t.TempDir(), "--services", t.TempDir()}
 }

@@ -27,7 +27,7 @@ func main() {
 	case errors.As(err, &ee):
 		os.Exit(ee.code)
 	case err != nil:
-		slog.Error(err.Error())
+		fmt.Fprintf(os.Stderr, "sockmesh: %v\n", err)
 		os.Exit(1)
 	}
 }
@@ -66,6 +66,7 @@ kernel, with no proxy and no per-packet NAT.`,
 	}
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newCheckCmd(g), newRunCmd(g), newResolverCmd())
+	root.AddCommand(newCheckCmd(g), newRunCmd(g), newStatusCmd(), newDownCmd(), newExecCmd(), newResolverCmd(), newVersionCmd())
+	root.Version = versionString()
 	return root
 }

@@ -143,7 +143,7 @@ func TestRunServesExamples(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	daemon := exec.CommandContext(ctx, binary, "run", "--services", dir, "--cgroup", cg.Path, "--pin-dir", pinDir, "--ready-file", ready,
-		"--dns-upstream", upstream)
+		"--state-dir", t.TempDir(), "--dns-upstream", upstream)
 	var logs bytes.Buffer
 	daemon.Stdout, daemon.Stderr = &logs, &logs
 	daemon.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

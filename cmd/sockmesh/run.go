@@ -1,27 +1,36 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 
 	"sockmesh/dnsstub"
 	"sockmesh/internal/cgroupv2"
+	"sockmesh/internal/hostnet"
 	"sockmesh/lb"
+	"sockmesh/metrics"
 	"sockmesh/registry"
 )
-
-const defaultPinDir = "/sys/fs/bpf/sockmesh"
 
 type runFlags struct {
 	services  string
 	cgroup    string
-	pinDir    string
+	paths     pathFlags
 	readyFile string
+	metrics   string
+	noRoutes  bool
 	ranges    rangeFlags
 	dns       dnsFlags
 }
@@ -36,40 +45,70 @@ left), attaches them to a cgroup v2 (default: the root, i.e. the whole host),
 and keeps the service maps in step with the services directory, applying each
 change as it lands. A DNS stub answers <service>.mesh.internal with the VIPs
 once the datapath routes them, and forwards other names to the host's
-resolvers (see sockmesh resolver). On SIGTERM or SIGINT it stops watching but leaves the
-datapath pinned: traffic keeps flowing while the daemon is down.`,
+resolvers (see sockmesh resolver). Each VIP range gets an unreachable route,
+so a process outside the cgroup fails fast instead of sending VIP traffic to
+the default gateway.
+
+Readiness: systemd's sd_notify (Type=notify) and --ready-file. SIGHUP reads
+every service file again and converges the maps in full. SIGTERM and SIGINT
+stop the daemon but leave the datapath pinned and the routes in place:
+traffic keeps flowing while it is down or being upgraded. sockmesh down
+removes everything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return run(cmd.Context(), g, f)
 		},
 	}
 	cmd.Flags().StringVar(&f.services, "services", defaultServicesDir, "services directory (need not exist yet)")
-	cmd.Flags().StringVar(&f.cgroup, "cgroup", "", "cgroup v2 to attach to: a path, or a name under the cgroup2 mount (created if missing); default the root")
-	cmd.Flags().StringVar(&f.pinDir, "pin-dir", defaultPinDir, "bpffs directory for the pinned maps and links")
-	cmd.Flags().StringVar(&f.readyFile, "ready-file", "", "file to create once the services directory is served")
+	cmd.Flags().StringVar(&f.cgroup, "cgroup", "", "cgroup v2 to attach to: a path, or a name under the cgroup2 mount (created if missing); default the root: the whole host")
+	f.paths.add(cmd)
+	cmd.Flags().StringVar(&f.readyFile, "ready-file", "", "file to create (holding the pid) once the services are served")
+	cmd.Flags().StringVar(&f.metrics, "metrics-listen", "off", "address:port to serve Prometheus metrics on (/metrics), e.g. 127.0.0.1:9617; off for none")
+	cmd.Flags().BoolVar(&f.noRoutes, "no-routes", false, "install no unreachable routes for the VIP ranges (and skip the overlap check)")
 	f.ranges.add(cmd)
 	f.dns.add(cmd)
 	return cmd
 }
 
 // cgroupPath resolves --cgroup: empty means the cgroup v2 root, a relative
-// name lives under the cgroup2 mount and is created when missing.
-func cgroupPath(flag string) (string, error) {
+// name lives under the cgroup2 mount; a missing one is created.
+func cgroupPath(flag string) (path string, created bool, err error) {
 	root, err := cgroupv2.Mountpoint()
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	if flag == "" {
-		return root, nil
+		return root, false, nil
 	}
-	path := flag
+	path = flag
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(root, path)
 	}
-	if err := os.MkdirAll(path, 0o755); err != nil {
-		return "", fmt.Errorf("create cgroup: %w", err)
+	if _, err := os.Stat(path); err == nil {
+		return path, false, nil
 	}
-	return path, nil
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		return "", false, fmt.Errorf("create cgroup: %w", err)
+	}
+	return path, true, nil
+}
+
+// lockPinDir takes the pin directory for this daemon. A status probe may
+// hold it for an instant, so a busy lock is tried again briefly.
+func lockPinDir(paths *pathFlags) (*lb.PinLock, error) {
+	var err error
+	for range 10 {
+		var l *lb.PinLock
+		if l, err = lb.Lock(paths.pinDir); !errors.Is(err, lb.ErrLocked) {
+			return l, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	holder := "another sockmesh daemon"
+	if st, _ := readState(paths.stateFile()); st != nil && st.PID != 0 {
+		holder += fmt.Sprintf(" (pid %d)", st.PID)
+	}
+	return nil, fmt.Errorf("%s already serves %s: stop it first, or give this one its own --pin-dir and --state-dir", holder, paths.pinDir)
 }
 
 func run(ctx context.Context, g *globalFlags, f *runFlags) error {
@@ -84,7 +123,6 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	// Every flag is checked before the kernel is touched.
 	var dnsHandler *dnsstub.Handler
 	var dnsListen []netip.AddrPort
-	var onApply func(*registry.Snapshot)
 	if f.dns.enabled() {
 		cfg, listen, err := f.dns.config(ranges, log)
 		if err != nil {
@@ -94,13 +132,45 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 			return err
 		}
 		dnsListen = listen
-		onApply = publishDNS(dnsHandler)
 	}
-	cg, err := cgroupPath(f.cgroup)
+	var metricsAddr netip.AddrPort
+	if f.metrics != "off" {
+		if metricsAddr, err = parseAddrPort(f.metrics, 0); err != nil || metricsAddr.Port() == 0 {
+			return fmt.Errorf("parse --metrics-listen: %q is not address:port or off", f.metrics)
+		}
+	}
+
+	if f.readyFile != "" {
+		// A ready file left by an earlier run must not announce this one.
+		if err := os.Remove(f.readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove old ready file: %w", err)
+		}
+		defer os.Remove(f.readyFile)
+	}
+	bpffsMounted := ""
+	if !lb.IsBPFFS(filepath.Dir(f.paths.pinDir)) {
+		bpffsMounted = filepath.Dir(f.paths.pinDir)
+	}
+	lock, err := lockPinDir(&f.paths)
 	if err != nil {
 		return err
 	}
-	d, err := lb.Open(lb.Options{PinDir: f.pinDir})
+	defer lock.Unlock()
+	prev, err := readState(f.paths.stateFile())
+	if err != nil {
+		log.Warn("ignoring the previous run's state", "err", err)
+		prev = nil
+	}
+	if !f.noRoutes {
+		if err := hostnet.CheckRanges([]netip.Prefix{ranges.V4, ranges.V6}); err != nil {
+			return fmt.Errorf("%w: VIPs there would not be reached; pick an unused range with --vip-range4 or --vip-range6 (any /16 of 198.18.0.0/15 or a unique local /64 of fd00::/8)", err)
+		}
+	}
+	cg, cgCreated, err := cgroupPath(f.cgroup)
+	if err != nil {
+		return err
+	}
+	d, err := lb.Open(lb.Options{PinDir: f.paths.pinDir})
 	if err != nil {
 		return err
 	}
@@ -108,37 +178,98 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	if err := d.Attach(cg); err != nil {
 		return err
 	}
-	log.Info("datapath attached", "cgroup", cg, "pins", f.pinDir, "restored services", len(d.Services()))
+	log.Info("datapath attached", "cgroup", cg, "pins", f.paths.pinDir, "restored services", len(d.Services()))
+
+	st := daemonState{
+		PID: os.Getpid(), Version: versionString(), Started: time.Now(),
+		PinDir: f.paths.pinDir, ServicesDir: f.services,
+		Cgroup: cg, CgroupCreated: cgCreated, BPFFSMounted: bpffsMounted,
+	}
+	var lastGood map[string][]byte
+	if prev != nil {
+		// What an earlier run added to the host is still ours to remove.
+		st.CgroupCreated = cgCreated || prev.CgroupCreated && prev.Cgroup == cg
+		st.BPFFSMounted = cmp.Or(bpffsMounted, prev.BPFFSMounted)
+		st.LocalAddrs = prev.LocalAddrs
+		if prev.ServicesDir == f.services {
+			lastGood = prev.lastGood()
+		}
+	}
+	if !f.noRoutes {
+		if st.Routes, err = hostnet.InstallRoutes([]netip.Prefix{ranges.V4, ranges.V6}); err != nil {
+			return err
+		}
+		log.Info("VIP ranges routed nowhere outside the mesh", "ranges", []netip.Prefix{ranges.V4, ranges.V6}, "installed", st.Routes)
+	}
+	for _, ap := range dnsListen {
+		added, err := hostnet.EnsureLocal(ap.Addr())
+		if err != nil {
+			return fmt.Errorf("set up the DNS address: %w", err)
+		}
+		if added && !slices.Contains(st.LocalAddrs, ap.Addr()) {
+			log.Info("added the DNS stub's address to lo", "addr", ap.Addr())
+			st.LocalAddrs = append(st.LocalAddrs, ap.Addr())
+		}
+	}
+	for _, ap := range dnsListen {
+		st.DNSListen = append(st.DNSListen, ap.String())
+	}
+	if dnsHandler != nil {
+		st.DNSZone = dnsHandler.Zone()
+	}
+	if metricsAddr.IsValid() {
+		st.Metrics = metricsAddr.String()
+	}
+	sw := newStateWriter(f.paths.stateFile(), st, log)
+	var onApply func(*registry.Snapshot)
+	if dnsHandler != nil {
+		onApply = publishDNS(dnsHandler)
+	}
 
 	reg, err := registry.New(registry.Options{
-		Dir:     f.services,
-		Ranges:  ranges,
-		Limits:  d.Limits(),
-		Logger:  log,
-		OnApply: onApply,
+		Dir:      f.services,
+		Ranges:   ranges,
+		Limits:   d.Limits(),
+		Logger:   log,
+		LastGood: lastGood,
+		OnApply: func(s *registry.Snapshot) {
+			if onApply != nil {
+				onApply(s)
+			}
+			sw.publish(s)
+		},
 	}, d)
 	if err != nil {
+		sw.close()
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- reg.Run(ctx) }()
-	// stop ends the registry before the datapath closes, whatever the
-	// reason run returns.
+	// stop ends the registry (and with it the state writer's input)
+	// before the datapath closes, whatever the reason run returns.
+	stopped := false
 	stop := func(err error) error {
+		if stopped {
+			return err
+		}
+		stopped = true
+		_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 		cancel()
 		if rerr := <-done; err == nil {
 			err = rerr
 		}
+		sw.close()
 		return err
 	}
+	defer stop(nil)
 	select {
 	case <-reg.Ready():
 	case err := <-done:
-		cancel()
-		return err
+		done <- err
+		return stop(nil)
 	}
-	var dnsErrs <-chan error // nil without DNS: never ready
+	var dnsErrs, metricsErrs <-chan error // nil when off: never ready
 	if dnsHandler != nil {
 		// Listen only now: the first snapshot is in the zone (publishDNS
 		// builds it before Ready), so no client gets an NXDOMAIN to cache
@@ -150,19 +281,54 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		defer dnsServer.Close()
 		dnsErrs = dnsServer.Errors()
 	}
+	if metricsAddr.IsValid() {
+		src := metrics.Sources{Datapath: d.Stats, Registry: reg.Snapshot}
+		if dnsHandler != nil {
+			src.DNS = dnsHandler.Stats
+		}
+		ms, err := metrics.Listen(metricsAddr.String(), metrics.NewCollector(src))
+		if err != nil {
+			return stop(fmt.Errorf("serve metrics: %w (pick another address with --metrics-listen)", err))
+		}
+		defer ms.Close()
+		metricsErrs = ms.Errors()
+		log.Info("serving metrics", "url", "http://"+metricsAddr.String()+"/metrics")
+	}
 	snap := reg.Snapshot()
+	// The state file names what is served before anyone is told it is.
+	if err := sw.write(snap); err != nil {
+		return stop(err)
+	}
 	log.Info("serving", "dir", f.services, "services", len(snap.Services), "errors", len(snap.Errors))
 	if f.readyFile != "" {
 		if err := os.WriteFile(f.readyFile, []byte(fmt.Sprintln(os.Getpid())), 0o644); err != nil {
 			return stop(fmt.Errorf("write ready file: %w", err))
 		}
 	}
-	select {
-	case err = <-done:
-		cancel()
-	case err = <-dnsErrs:
-		err = stop(fmt.Errorf("serve DNS: %w", err))
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.Warn("tell systemd we are ready", "err", err)
 	}
-	log.Info("stopped; the datapath stays pinned and keeps serving", "pins", f.pinDir)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case <-hup:
+			reg.Reload()
+		case err = <-done:
+			done <- err // for stop
+			err = stop(nil)
+			break wait
+		case err = <-dnsErrs:
+			err = stop(fmt.Errorf("serve DNS: %w", err))
+			break wait
+		case err = <-metricsErrs:
+			err = stop(fmt.Errorf("serve metrics: %w", err))
+			break wait
+		}
+	}
+	log.Info("stopped; the datapath stays pinned and keeps serving (sockmesh down removes it)", "pins", f.paths.pinDir)
 	return err
 }

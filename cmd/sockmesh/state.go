@@ -1,0 +1,197 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"sockmesh/registry"
+	"sockmesh/servicefile"
+)
+
+const (
+	defaultPinDir   = "/sys/fs/bpf/sockmesh"
+	defaultStateDir = "/run/sockmesh"
+	stateFileName   = "state.json"
+)
+
+// pathFlags locate a datapath: its pins, and the state file the daemon
+// keeps next to them (names, errors, what it added to the host).
+type pathFlags struct {
+	pinDir   string
+	stateDir string
+}
+
+func (p *pathFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&p.pinDir, "pin-dir", defaultPinDir, "bpffs directory of the pinned maps and links")
+	cmd.Flags().StringVar(&p.stateDir, "state-dir", defaultStateDir, "directory of the daemon's state file")
+}
+
+func (p *pathFlags) stateFile() string { return filepath.Join(p.stateDir, stateFileName) }
+
+// daemonState is what the daemon leaves in its state file: enough for
+// status to name what the pinned maps serve, for down to undo what run
+// added to the host, for exec to find the mesh, and for the next run to
+// keep serving last good versions of files that broke meanwhile. Like the
+// pins, it lives on a tmpfs and is gone after a reboot.
+type daemonState struct {
+	PID         int       `json:"pid"`
+	Version     string    `json:"version"`
+	Started     time.Time `json:"started"`
+	PinDir      string    `json:"pin_dir"`
+	ServicesDir string    `json:"services_dir"`
+	Cgroup      string    `json:"cgroup"`
+	// CgroupCreated is set when run made the cgroup (down removes it
+	// when empty).
+	CgroupCreated bool `json:"cgroup_created,omitempty"`
+	// BPFFSMounted is the bpffs run mounted, if it did.
+	BPFFSMounted string `json:"bpffs_mounted,omitempty"`
+	// Routes are the unreachable routes run installed; LocalAddrs the
+	// addresses it put on lo.
+	Routes     []netip.Prefix `json:"routes,omitempty"`
+	LocalAddrs []netip.Addr   `json:"local_addrs,omitempty"`
+	DNSListen  []string       `json:"dns_listen,omitempty"`
+	DNSZone    string         `json:"dns_zone,omitempty"`
+	Metrics    string         `json:"metrics_listen,omitempty"`
+
+	Generation uint64         `json:"generation"`
+	Applied    time.Time      `json:"applied"`
+	ApplyTime  time.Duration  `json:"apply_time_ns"`
+	Services   []stateService `json:"services"`
+	Errors     []errorJSON    `json:"errors"`
+}
+
+// stateService is a served service: its name and file, and the text of
+// the version served, so its ports and backends can be rebuilt.
+type stateService struct {
+	Name    string       `json:"name"`
+	File    string       `json:"file"`
+	VIPs    []netip.Addr `json:"vips"`
+	Derived bool         `json:"derived,omitempty"`
+	Stale   bool         `json:"stale,omitempty"`
+	Source  string       `json:"source"`
+}
+
+// withSnapshot returns a copy of st describing snap.
+func (st daemonState) withSnapshot(snap *registry.Snapshot) daemonState {
+	st.Generation, st.Applied, st.ApplyTime = snap.Generation, snap.Applied, snap.ApplyTime
+	st.Services = make([]stateService, 0, len(snap.Services))
+	for _, sv := range snap.Services {
+		st.Services = append(st.Services, stateService{
+			Name: sv.Name, File: sv.File, VIPs: sv.VIPs, Derived: sv.Derived, Stale: sv.Stale, Source: string(sv.Source),
+		})
+	}
+	st.Errors = make([]errorJSON, 0, len(snap.Errors))
+	for _, e := range snap.Errors {
+		st.Errors = append(st.Errors, errorJSON{e.File, e.Line, e.Column, e.Field, e.Msg})
+	}
+	return st
+}
+
+// lastGood are the texts the state served, by file, for registry.Options.
+func (st *daemonState) lastGood() map[string][]byte {
+	out := make(map[string][]byte, len(st.Services))
+	for _, sv := range st.Services {
+		out[sv.File] = []byte(sv.Source)
+	}
+	return out
+}
+
+// parsed rebuilds a state service's ports and backends from its text.
+func (sv *stateService) parsed() (*servicefile.Service, error) {
+	return servicefile.Parse(sv.File, []byte(sv.Source))
+}
+
+// readState reads a state file; a missing one is (nil, nil).
+func readState(path string) (*daemonState, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	var st daemonState
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("read state %s: %w", path, err)
+	}
+	return &st, nil
+}
+
+// writeState replaces the state file atomically.
+func writeState(path string, st *daemonState) error {
+	data, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	return nil
+}
+
+// stateWriter writes the state file in the background, the latest
+// snapshot winning, so the registry's loop never waits on the disk.
+type stateWriter struct {
+	path string
+	base daemonState
+	log  *slog.Logger
+	next chan *registry.Snapshot
+	done chan struct{}
+}
+
+func newStateWriter(path string, base daemonState, log *slog.Logger) *stateWriter {
+	w := &stateWriter{path: path, base: base, log: log, next: make(chan *registry.Snapshot, 1), done: make(chan struct{})}
+	go w.loop()
+	return w
+}
+
+// write writes snap now, in the caller's goroutine.
+func (w *stateWriter) write(snap *registry.Snapshot) error {
+	st := w.base.withSnapshot(snap)
+	return writeState(w.path, &st)
+}
+
+// publish queues snap, replacing one not yet written.
+func (w *stateWriter) publish(snap *registry.Snapshot) {
+	for {
+		select {
+		case w.next <- snap:
+			return
+		default:
+		}
+		select {
+		case <-w.next:
+		default:
+		}
+	}
+}
+
+func (w *stateWriter) loop() {
+	defer close(w.done)
+	for snap := range w.next {
+		if err := w.write(snap); err != nil {
+			w.log.Warn("state file not updated: status and the next start see an older state", "err", err)
+		}
+	}
+}
+
+// close writes what is queued and stops.
+func (w *stateWriter) close() {
+	close(w.next)
+	<-w.done
+}
