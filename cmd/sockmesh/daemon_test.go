@@ -21,6 +21,7 @@ import (
 
 	"sockmesh/internal/hostnet"
 	"sockmesh/internal/testenv"
+	"sockmesh/lb"
 )
 
 // daemonProc is a `sockmesh run` started by a test.
@@ -346,5 +347,56 @@ func TestDaemonLifecycle(t *testing.T) {
 	// unreachable route) instead of reaching a backend.
 	if body, code := curl(t, cg, "http://"+v4+":8080/"); code == 0 {
 		t.Errorf("VIP still answers after down: %q", body)
+	}
+}
+
+// TestCLIErrors: every error a user can hit is one line on stderr and a
+// non-zero exit, and changes nothing.
+func TestCLIErrors(t *testing.T) {
+	empty := []string{"--pin-dir", filepath.Join(t.TempDir(), "pins"), "--state-dir", t.TempDir()}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"status", "--frobnicate"}, "unknown flag: --frobnicate"},
+		{append([]string{"status", "-o", "yaml"}, empty...), `parse -o: "yaml" is not table or json`},
+		{[]string{"exec", "curl", "http://hello.mesh.internal/"}, "put the command after --"},
+		{[]string{"exec", "--"}, "requires at least 1 arg"},
+		{append([]string{"exec"}, append(empty, "--", "true")...), "no datapath is pinned"},
+		{[]string{"version", "extra"}, `unknown command "extra"`},
+		{append(safeRun(t), "--metrics-listen", "localhost"), `parse --metrics-listen: "localhost" is not address:port or off`},
+		{append(safeRun(t), "--vip-range4", "198.18.0.0"), "parse --vip-range4"},
+		{append(safeRun(t), "--vip-range4", "fd00::/64"), "IPv4 range fd00::/64 must be an IPv4 prefix"},
+	} {
+		_, errOut, code := sockmesh(t, tc.args...)
+		lines := strings.Split(strings.TrimSpace(errOut), "\n")
+		if code == 0 || len(lines) != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("sockmesh %s: exit %d, stderr %q: want one line with %q", strings.Join(tc.args, " "), code, errOut, tc.want)
+		}
+	}
+}
+
+// TestRunRefusesOverlappingRange: a VIP range that overlaps an address of
+// the host is refused before anything is attached or pinned.
+func TestRunRefusesOverlappingRange(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := netlink.ParseAddr("198.51.100.1/24")
+	if err := netlink.AddrAdd(lo, addr); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netlink.AddrDel(lo, addr) })
+	args := append(safeRun(t), "--vip-range4", "198.51.100.0/24")
+	_, errOut, code := sockmesh(t, args...)
+	want := "VIP range 198.51.100.0/24 overlaps address 198.51.100.1/24 on lo"
+	if code == 0 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, want) || !strings.Contains(errOut, "--vip-range4") {
+		t.Fatalf("exit %d, stderr %q: want one line with %q and a hint", code, errOut, want)
+	}
+	if pins := args[4]; lb.IsPinned(pins) {
+		t.Fatalf("pinned %s although refused", pins)
 	}
 }

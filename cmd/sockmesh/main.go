@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -27,7 +28,8 @@ func main() {
 	case errors.As(err, &ee):
 		os.Exit(ee.code)
 	case err != nil:
-		fmt.Fprintf(os.Stderr, "sockmesh: %v\n", err)
+		// One line, whatever the error: cobra's usage hints included.
+		fmt.Fprintf(os.Stderr, "sockmesh: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 		os.Exit(1)
 	}
 }
@@ -66,7 +68,7 @@ kernel, with no proxy and no per-packet NAT.`,
 	}
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newCheckCmd(g), newRunCmd(g), newStatusCmd(), newDownCmd(), newExecCmd(), newResolverCmd(), newVersionCmd())
+	root.AddCommand(newCheckCmd(g), newRunCmd(g), newStatusCmd(), newDownCmd(), newExecCmd(), newResolverCmd(), newVersionCmd(), newDemoBackendsCmd(g))
 	root.Version = versionString()
 	return root
 }

@@ -140,6 +140,11 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		}
 	}
 
+	if !f.noRoutes {
+		if err := hostnet.CheckRanges([]netip.Prefix{ranges.V4, ranges.V6}); err != nil {
+			return fmt.Errorf("%w: VIPs there would not be reached; pick an unused range with --vip-range4 or --vip-range6 (any /16 of 198.18.0.0/15 or a unique local /64 of fd00::/8)", err)
+		}
+	}
 	if f.readyFile != "" {
 		// A ready file left by an earlier run must not announce this one.
 		if err := os.Remove(f.readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -160,11 +165,6 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	if err != nil {
 		log.Warn("ignoring the previous run's state", "err", err)
 		prev = nil
-	}
-	if !f.noRoutes {
-		if err := hostnet.CheckRanges([]netip.Prefix{ranges.V4, ranges.V6}); err != nil {
-			return fmt.Errorf("%w: VIPs there would not be reached; pick an unused range with --vip-range4 or --vip-range6 (any /16 of 198.18.0.0/15 or a unique local /64 of fd00::/8)", err)
-		}
 	}
 	cg, cgCreated, err := cgroupPath(f.cgroup)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -134,11 +135,22 @@ func writeState(path string, st *daemonState) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	defer os.Remove(f.Name()) // after a failure; renamed away otherwise
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
 	return nil
@@ -147,7 +159,11 @@ func writeState(path string, st *daemonState) error {
 // stateWriter writes the state file in the background, the latest
 // snapshot winning, so the registry's loop never waits on the disk.
 type stateWriter struct {
-	path string
+	mu sync.Mutex
+	// written is the generation on disk: an older snapshot never
+	// replaces a newer one.
+	written uint64
+	path    string
 	base daemonState
 	log  *slog.Logger
 	next chan *registry.Snapshot
@@ -162,8 +178,17 @@ func newStateWriter(path string, base daemonState, log *slog.Logger) *stateWrite
 
 // write writes snap now, in the caller's goroutine.
 func (w *stateWriter) write(snap *registry.Snapshot) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if snap.Generation < w.written {
+		return nil
+	}
 	st := w.base.withSnapshot(snap)
-	return writeState(w.path, &st)
+	if err := writeState(w.path, &st); err != nil {
+		return err
+	}
+	w.written = snap.Generation
+	return nil
 }
 
 // publish queues snap, replacing one not yet written.
