@@ -64,10 +64,13 @@ fuzz: ## Fuzz the service-file parser, the DNS handler and its fast path, FUZZTI
 	go test -run '^$$' -fuzz '^FuzzFastPath$$' -fuzztime $(FUZZTIME) ./dnsstub
 
 bench: bench-deps ## Run the benchmarks: ratios against a baseline measured in the same run.
-	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry ./dnsstub
+	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry ./dnsstub ./cmd/sockmesh
 
-run: ## Run sockmesh on the shipped services.d/, scoped to the cgroup sockmesh-demo (root).
-	go run ./cmd/sockmesh run --services ./services.d --cgroup sockmesh-demo --pin-dir /sys/fs/bpf/sockmesh-demo
+sockmesh: $(shell git ls-files '*.go' go.mod go.sum 'lb/*.o' 2>/dev/null)
+	go build -o sockmesh ./cmd/sockmesh
+
+run: sockmesh ## Run sockmesh on the shipped services.d/ with demo backends, scoped to the cgroup sockmesh-demo (root).
+	./scripts/run-demo.sh
 
 lint: ## gofmt, go vet, staticcheck.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt: $$out"; exit 1; }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -33,7 +34,7 @@ type daemonProc struct {
 
 // startDaemon starts `sockmesh run args...` and waits for its ready file.
 // The test's end kills it if it still runs.
-func startDaemon(t *testing.T, ready string, args ...string) *daemonProc {
+func startDaemon(t testing.TB, ready string, args ...string) *daemonProc {
 	t.Helper()
 	d := &daemonProc{exited: make(chan error, 1), logs: &bytes.Buffer{}}
 	d.cmd = exec.Command(binary, append([]string{"run", "--ready-file", ready}, args...)...)
@@ -54,6 +55,10 @@ func startDaemon(t *testing.T, ready string, args ...string) *daemonProc {
 	})
 	waitFile(t, ready, d.exited)
 	return d
+}
+
+func execOut(name string, args ...string) ([]byte, error) {
+	return exec.Command(name, args...).CombinedOutput()
 }
 
 // stop sends sig and waits for the daemon to exit.
@@ -399,4 +404,56 @@ func TestRunRefusesOverlappingRange(t *testing.T) {
 	if pins := args[4]; lb.IsPinned(pins) {
 		t.Fatalf("pinned %s although refused", pins)
 	}
+}
+
+// TestDaemonNotifiesSystemd: under systemd (NOTIFY_SOCKET set) the daemon
+// says READY=1 once it serves, and STOPPING=1 on SIGTERM, as Type=notify
+// in packaging/sockmesh.service expects.
+func TestDaemonNotifiesSystemd(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	unit, err := os.ReadFile("../../packaging/sockmesh.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Type=notify", "ExecStart=/usr/local/bin/sockmesh run", "ExecReload=/bin/kill -HUP $MAINPID"} {
+		if !strings.Contains(string(unit), "\n"+want) {
+			t.Errorf("unit file lacks %q", want)
+		}
+	}
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cg := testenv.NewCgroup(t)
+	pinDir := filepath.Join(testenv.BPFFS(t), "sockmesh")
+	stateDir := t.TempDir()
+	t.Cleanup(func() { execOut(binary, "down", "--pin-dir", pinDir, "--state-dir", stateDir) })
+	cmd := exec.Command(binary, "run", "--services", t.TempDir(), "--cgroup", cg.Path, "--pin-dir", pinDir, "--state-dir", stateDir,
+		"--dns-listen", "off")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	read := func(want string) {
+		t.Helper()
+		buf := make([]byte, 4096)
+		conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil || !strings.Contains(string(buf[:n]), want) {
+			t.Fatalf("notify socket: %q, %v; want %s\n%s", buf[:n], err, want, &logs)
+		}
+	}
+	read("READY=1")
+	if rep := readStatusJSON(t, []string{"--pin-dir", pinDir, "--state-dir", stateDir}); !rep.Daemon.Running || rep.Daemon.PID != cmd.Process.Pid {
+		t.Fatalf("not running by status when READY=1 came: %+v", rep.Daemon)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	read("STOPPING=1")
 }

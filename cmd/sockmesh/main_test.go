@@ -328,7 +328,7 @@ func serveHTTP(t *testing.T, addr string) {
 	t.Cleanup(func() { srv.Close() })
 }
 
-func waitFile(t *testing.T, path string, exited <-chan error) {
+func waitFile(t testing.TB, path string, exited <-chan error) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -120,6 +120,10 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	if err != nil {
 		return err
 	}
+	// The state file names files by absolute path, whatever the cwd.
+	if f.services, err = filepath.Abs(f.services); err != nil {
+		return fmt.Errorf("parse --services: %w", err)
+	}
 	// Every flag is checked before the kernel is touched.
 	var dnsHandler *dnsstub.Handler
 	var dnsListen []netip.AddrPort
