@@ -164,10 +164,10 @@ type stateWriter struct {
 	// replaces a newer one.
 	written uint64
 	path    string
-	base daemonState
-	log  *slog.Logger
-	next chan *registry.Snapshot
-	done chan struct{}
+	base    daemonState
+	log     *slog.Logger
+	next    chan *registry.Snapshot
+	done    chan struct{}
 }
 
 func newStateWriter(path string, base daemonState, log *slog.Logger) *stateWriter {
