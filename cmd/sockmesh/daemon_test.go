@@ -5,12 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -185,7 +188,7 @@ func TestDaemonLifecycle(t *testing.T) {
 
 	// Sub-ranges of the test namespace's unreachable ranges, so the daemon
 	// installs routes of its own while the namespace's stay.
-	run := append([]string{"--services", dir, "--cgroup", cg.Path, "--dns-upstream", upstream,
+	run := append([]string{"--services", dir, "--cgroup", cg.Path, "--dns-upstream", upstream, "--metrics-listen", "127.0.0.1:9617",
 		"--vip-range4", "198.19.0.0/16", "--vip-range6", "fd6d:6573:6800:0:1::/80"}, paths...)
 	ready := filepath.Join(t.TempDir(), "ready")
 	d := startDaemon(t, ready, run...)
@@ -245,6 +248,24 @@ func TestDaemonLifecycle(t *testing.T) {
 	// per request, and the backends add up to the service.
 	if conns < uint64(curls) || backendConns != conns {
 		t.Fatalf("status counts beta %d connections, backends %d, after %d curls", conns, backendConns, curls)
+	}
+	// The metrics count the same connections.
+	resp, err := http.Get("http://127.0.0.1:9617/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var metricConns float64
+	for line := range strings.Lines(string(page)) {
+		if strings.HasPrefix(line, "sockmesh_service_translations_total{") && strings.Contains(line, `service="beta"`) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			metricConns += v
+		}
+	}
+	if metricConns < float64(conns) {
+		t.Fatalf("metrics count %v beta translations, status %d:\n%s", metricConns, conns, page)
 	}
 	vipsBefore := vipsOf(rep, "beta")
 	if len(vipsBefore) != 2 {
