@@ -53,5 +53,26 @@ func lockDir(pinDir string) (*PinLock, error) {
 	return &PinLock{f: f}, nil
 }
 
+// Held reports whether a process holds the lock on pinDir, without taking
+// it (a shared probe, which a daemon starting at the same instant retries
+// past). A missing directory is not held.
+func Held(pinDir string) (bool, error) {
+	f, err := os.Open(pinDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("probe lock %s: %w", pinDir, err)
+	}
+	defer f.Close()
+	switch err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); {
+	case errors.Is(err, unix.EWOULDBLOCK):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("probe lock %s: %w", pinDir, err)
+	}
+	return false, nil
+}
+
 // Unlock releases the lock.
 func (l *PinLock) Unlock() error { return l.f.Close() }

@@ -189,11 +189,7 @@ func (r *Registry) Run(ctx context.Context) error {
 	r.apply()
 	// Last good versions are for what the first read finds broken (or is
 	// still waiting to judge), not for files that turn up later.
-	for path := range r.opts.LastGood {
-		if _, waiting := r.recheck[path]; !waiting {
-			delete(r.opts.LastGood, path)
-		}
-	}
+	r.dropLastGood()
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -286,6 +282,7 @@ func (r *Registry) handle(wt *watches, b *batch) {
 		r.log.Debug("reading the whole services directory", "dir", r.opts.Dir)
 		wt.refresh()
 		changed = r.scanAll(true)
+		r.dropLastGood()
 	} else {
 		now := time.Now()
 		for path, at := range r.recheck {
@@ -396,12 +393,12 @@ func (r *Registry) scanFile(path string, grace bool) bool {
 		return true
 	case err != nil:
 		// Unreadable, or owner or mode refused: the file is in error.
+		errs := []*servicefile.Error{{File: path, Msg: err.Error()}}
 		if f == nil {
-			f = &fileState{}
+			f = &fileState{live: r.lastGood(path, errs)}
 			r.files[path] = f
 		}
-		f.id, f.cur = id, nil
-		f.errs = []*servicefile.Error{{File: path, Msg: err.Error()}}
+		f.id, f.cur, f.errs = id, nil, errs
 		r.pending[path] = true
 		return true
 	case f != nil && f.id == id:
@@ -432,6 +429,21 @@ func (r *Registry) scanFile(path string, grace bool) bool {
 	f.id, f.cur, f.errs = id, svc, errs
 	r.pending[path] = true
 	return true
+}
+
+// dropLastGood forgets the last good versions once the directory has been
+// read (they are for what the first read finds broken, or is still
+// waiting to judge, not for files that turn up later). While the
+// directory is missing they are kept for the read that finds it.
+func (r *Registry) dropLastGood() {
+	if r.dirErr != nil {
+		return
+	}
+	for path := range r.opts.LastGood {
+		if _, waiting := r.recheck[path]; !waiting {
+			delete(r.opts.LastGood, path)
+		}
+	}
 }
 
 // lastGood is the version a previous run served of a file now in error,

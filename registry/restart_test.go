@@ -113,3 +113,37 @@ func TestReloadRereadsAndConverges(t *testing.T) {
 		t.Fatalf("after reload: %d applies (want %d), datapath %+v", dp.applies, applies+1, dp.set)
 	}
 }
+
+func TestLastGoodWaitsForTheDirectory(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "services.d")
+	web := filepath.Join(dir, "web.yaml")
+	mode := filepath.Join(dir, "mode.yaml")
+	r := startWith(t, Options{Dir: dir, LastGood: map[string][]byte{
+		web:  []byte(svcYAML("web", "10.0.0.1:80")),
+		mode: []byte(svcYAML("mode", "10.0.0.2:80")),
+	}}, &fakeDP{})
+	if s := r.Snapshot(); len(s.Errors) != 1 || len(s.Services) != 0 {
+		t.Fatalf("missing directory: %s", describeSnap(s))
+	}
+	// The directory turns up with one broken file and one whose mode is
+	// refused: both keep the previous run's version.
+	tmp := filepath.Join(parent, "tmp")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	putOld(t, tmp, "web.yaml", "name: web\nports: [80\n")
+	putOld(t, tmp, "mode.yaml", svcYAML("mode", "10.0.0.3:80"))
+	if err := os.Chmod(filepath.Join(tmp, "mode.yaml"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		t.Fatal(err)
+	}
+	s := waitFor(t, r, 2*time.Second, "directory read", func(s *Snapshot) bool { return len(s.Errors) == 2 })
+	for name, backend := range map[string]string{"web": "10.0.0.1:80", "mode": "10.0.0.2:80"} {
+		if sv, ok := s.Lookup(name); !ok || !sv.Stale || !hasBackends(name, backend)(s) {
+			t.Errorf("%s: want the last good version, stale: %s", name, describeSnap(s))
+		}
+	}
+}

@@ -6,13 +6,14 @@
 set -eu
 cd "$(dirname "$0")/.."
 bin=./sockmesh
-ready=$(mktemp -u /tmp/sockmesh-demo-ready.XXXXXX)
+tmp=$(mktemp -d /tmp/sockmesh-demo.XXXXXX)
+ready=$tmp/ready
 
 $bin demo-backends ./services.d &
 backends=$!
 $bin run --services ./services.d --cgroup sockmesh-demo --ready-file "$ready" &
 daemon=$!
-trap 'kill -TERM $daemon $backends 2>/dev/null || true; wait $daemon 2>/dev/null || true' EXIT INT TERM
+trap 'kill -TERM $daemon $backends 2>/dev/null || true; wait $daemon 2>/dev/null || true; rm -rf "$tmp"' EXIT INT TERM
 
 i=0
 until [ -e "$ready" ]; do

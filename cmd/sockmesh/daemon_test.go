@@ -316,6 +316,8 @@ func TestDaemonLifecycle(t *testing.T) {
 
 	// Start again: same VIPs, the broken file's last good version still
 	// served, names resolve again.
+	// (kill -9 left the first ready file behind: wait on a new one.)
+	ready = filepath.Join(t.TempDir(), "ready")
 	d = startDaemon(t, ready, run...)
 	rep = readStatusJSON(t, paths)
 	if !slices.Equal(vipsOf(rep, "beta"), vipsBefore) {
@@ -350,15 +352,22 @@ func TestDaemonLifecycle(t *testing.T) {
 	if _, err := os.Stat(ready); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("ready file left after the daemon stopped: %v", err)
 	}
+	// Another instance's route (its own pin directory) is not ours to take.
+	other := &netlink.Route{Dst: &net.IPNet{IP: net.IPv4(198, 51, 100, 0), Mask: net.CIDRMask(24, 32)}, Type: syscall.RTN_UNREACHABLE, Protocol: hostnet.Protocol}
+	if err := netlink.RouteAdd(other); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netlink.RouteDel(other) })
 	out, errOut, code := sockmesh(t, append([]string{"down"}, paths...)...)
 	if code != 0 {
 		t.Fatalf("down: exit %d: %s%s", code, out, errOut)
 	}
+	if r := ourRoutes(t); !slices.Equal(r, []string{"198.51.100.0/24"}) {
+		t.Errorf("routes after down: %v, want only the other instance's", r)
+	}
+	netlink.RouteDel(other)
 	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pins left after down: %v", err)
-	}
-	if r := ourRoutes(t); len(r) != 0 {
-		t.Errorf("routes left after down: %v", r)
 	}
 	if n := attachedPrograms(t, cg.Path); n != 0 {
 		t.Errorf("%d programs still attached after down", n)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -20,31 +21,45 @@ import (
 
 func newDownCmd() *cobra.Command {
 	var paths pathFlags
+	var all bool
 	cmd := &cobra.Command{
 		Use:   "down",
 		Short: "Detach the programs and remove the pins, routes and addresses sockmesh added: the host is as before",
 		Long: `down undoes sockmesh run: it detaches the socket programs, deletes the pinned
 maps and links, removes the unreachable routes of the VIP ranges and the DNS
 stub's address on lo if run added it, the cgroups run and exec created (when
-empty), the bpffs run mounted (when empty) and the state file. Connections
-already made keep working; new connects to VIPs fail. It refuses while a
-daemon serves the pin directory: stop that first.`,
+empty), the bpffs run mounted (when empty) and the state file. What it
+removes from the host's network is what the state file of this pin directory
+records, so other instances are left alone; --all sweeps every route and
+address any sockmesh made. Connections already made keep working; new
+connects to VIPs fail. It refuses while a daemon serves the pin directory:
+stop that first.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return down(cmd.OutOrStdout(), &paths)
+			return down(cmd.OutOrStdout(), &paths, all)
 		},
 	}
 	paths.add(cmd)
+	cmd.Flags().BoolVar(&all, "all", false, "also remove every route and lo address any sockmesh instance made (proto 158, label lo:sockmesh), for when the state file is lost")
 	return cmd
 }
 
-func down(out io.Writer, paths *pathFlags) error {
+func down(out io.Writer, paths *pathFlags, all bool) error {
 	st, err := readState(paths.stateFile())
 	if err != nil {
-		return err
+		fmt.Fprintf(os.Stderr, "sockmesh: warning: %v: removing the pins, and the routes and addresses only with --all\n", err)
+		st = nil
 	}
+	// Hold the pin directory for the whole of down, so no daemon starts
+	// while its routes and state are being removed.
+	var lock *lb.PinLock
 	if _, err := os.Stat(paths.pinDir); err == nil {
-		l, err := lb.TryLock(paths.pinDir)
+		for range 10 {
+			if lock, err = lb.TryLock(paths.pinDir); !errors.Is(err, lb.ErrLocked) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // a status probe, or a daemon
+		}
 		if errors.Is(err, lb.ErrLocked) {
 			pid := ""
 			if st != nil {
@@ -55,14 +70,16 @@ func down(out io.Writer, paths *pathFlags) error {
 		if err != nil {
 			return err
 		}
+		defer func() {
+			if lock != nil {
+				lock.Unlock()
+			}
+		}()
 		links := 0
 		if p, err := lb.ReadPinned(paths.pinDir); err == nil {
 			links = len(p.Links)
 		}
-		err = lb.Remove(paths.pinDir)
-		// The lock's file holds the bpffs busy: drop it before unmounting.
-		l.Unlock()
-		if err != nil {
+		if err := lb.Remove(paths.pinDir); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "detached %d programs and removed the pins in %s\n", links, paths.pinDir)
@@ -71,13 +88,23 @@ func down(out io.Writer, paths *pathFlags) error {
 	}
 
 	var errs []error
-	routes, err := hostnet.RemoveRoutes()
-	errs = append(errs, err)
+	var routes []netip.Prefix
+	var addrs []netip.Addr
+	switch {
+	case all:
+		routes, err = hostnet.RemoveRoutes()
+		errs = append(errs, err)
+		addrs, err = hostnet.OurLocalAddrs()
+		errs = append(errs, err)
+	case st != nil:
+		routes, err = hostnet.RemoveRoutesFor(st.Routes)
+		errs = append(errs, err)
+	default:
+		fmt.Fprintf(out, "no state in %s: left any routes and lo addresses alone (--all removes every one sockmesh made)\n", paths.stateDir)
+	}
 	if len(routes) > 0 {
 		fmt.Fprintf(out, "removed the unreachable routes %s\n", joinStrings(routes))
 	}
-	addrs, err := hostnet.OurLocalAddrs()
-	errs = append(errs, err)
 	if st != nil {
 		addrs = append(addrs, st.LocalAddrs...)
 	}
@@ -89,16 +116,21 @@ func down(out io.Writer, paths *pathFlags) error {
 		}
 		fmt.Fprintf(out, "removed %s from lo\n", a)
 	}
-	if st != nil {
-		errs = append(errs, removeCgroups(out, st))
-		if st.BPFFSMounted != "" {
-			errs = append(errs, unmountIfEmpty(out, st.BPFFSMounted))
-		}
-	}
 	if err := os.Remove(paths.stateFile()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove state: %w", err))
 	}
 	_ = os.Remove(paths.stateDir) // only when empty
+	if st != nil {
+		errs = append(errs, removeCgroups(out, st))
+		if lock != nil {
+			// The lock's file holds the bpffs busy: drop it to unmount.
+			lock.Unlock()
+			lock = nil
+		}
+		if st.BPFFSMounted != "" {
+			errs = append(errs, unmountIfEmpty(out, st.BPFFSMounted))
+		}
+	}
 	return errors.Join(errs...)
 }
 

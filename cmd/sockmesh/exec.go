@@ -32,7 +32,9 @@ func newExecCmd() *cobra.Command {
 		Short: "Run one command inside the mesh, resolving names through the DNS stub",
 		Long: `exec runs CMD in a child of the cgroup the datapath is attached to (NAME,
 default sockmesh-exec, created when missing), so its connections to VIPs are
-load-balanced while the rest of the host is untouched. CMD also gets a private
+load-balanced while the rest of the host is untouched. Without --cgroup, a
+process already inside the mesh cgroup (all of them when the mesh is the
+whole host) stays where it is. CMD also gets a private
 mount namespace whose /etc/resolv.conf names the daemon's DNS stub, so
   sockmesh exec -- curl http://hello.mesh.internal/
 works without changing the host's resolver. exec replaces itself with CMD:
@@ -44,7 +46,7 @@ CMD's exit status is exec's.`,
 			if cmd.ArgsLenAtDash() != 0 {
 				return fmt.Errorf("exec: put the command after --, as in: sockmesh exec -- %s", strings.Join(args, " "))
 			}
-			return execInMesh(&paths, cgroup, !keepResolver, args)
+			return execInMesh(&paths, cgroup, cmd.Flags().Changed("cgroup"), !keepResolver, args)
 		},
 	}
 	paths.add(cmd)
@@ -82,10 +84,18 @@ func meshCgroup(paths *pathFlags) (string, *daemonState, error) {
 	return st.Cgroup, st, nil
 }
 
-func execInMesh(paths *pathFlags, name string, resolver bool, args []string) error {
+func execInMesh(paths *pathFlags, name string, named, resolver bool, args []string) error {
 	mesh, st, err := meshCgroup(paths)
 	if err != nil {
 		return err
+	}
+	if resolver {
+		// With the daemon down, the stub is too: every name would fail,
+		// while VIPs still route. Keep the host's resolver then.
+		if running, err := lb.Held(paths.pinDir); err != nil || !running {
+			fmt.Fprintln(os.Stderr, "sockmesh: warning: the daemon is not running, so neither is its DNS stub: keeping the host's resolver (VIPs still route)")
+			resolver = false
+		}
 	}
 	target := name
 	if !filepath.IsAbs(target) {
@@ -105,7 +115,9 @@ func execInMesh(paths *pathFlags, name string, resolver bool, args []string) err
 			return err
 		}
 	}
-	if err := os.MkdirAll(target, 0o755); err != nil {
+	if !named && inside(mesh) {
+		target = "" // already load-balanced where it is
+	} else if err := os.MkdirAll(target, 0o755); err != nil {
 		return fmt.Errorf("create cgroup: %w", err)
 	}
 	// Namespaces belong to threads: the unshare, the mount and the exec
@@ -118,8 +130,10 @@ func execInMesh(paths *pathFlags, name string, resolver bool, args []string) err
 	}
 	// Join the cgroup last, just before the exec, so no socket of ours is
 	// made inside it.
-	if err := os.WriteFile(filepath.Join(target, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		return fmt.Errorf("join cgroup %s: %w", target, err)
+	if target != "" {
+		if err := os.WriteFile(filepath.Join(target, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+			return fmt.Errorf("join cgroup %s: %w", target, err)
+		}
 	}
 	if err := unix.Exec(path, args, os.Environ()); err != nil {
 		return fmt.Errorf("exec %s: %w", path, err)
@@ -190,7 +204,29 @@ func privateResolvConf(conf []byte) error {
 	}
 	f.Close()
 	if err := unix.Mount(f.Name(), "/etc/resolv.conf", "", unix.MS_BIND, ""); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return errors.New("mount resolv.conf: /etc/resolv.conf is missing or a dangling link (systemd-resolved stopped?); use --keep-resolver")
+		}
 		return fmt.Errorf("mount resolv.conf: %w", err)
 	}
 	return nil
+}
+
+// inside reports whether this process's cgroup v2 is cgroup or below it.
+func inside(cgroup string) bool {
+	root, err := cgroupv2.Mountpoint()
+	if err != nil {
+		return false
+	}
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(string(data)) {
+		if rel, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
+			self := filepath.Join(root, rel)
+			return self == cgroup || strings.HasPrefix(self, cgroup+"/")
+		}
+	}
+	return false
 }

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -84,6 +85,10 @@ func cgroupPath(flag string) (path string, created bool, err error) {
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(root, path)
 	}
+	path = filepath.Clean(path)
+	if path != root && !strings.HasPrefix(path, root+"/") {
+		return "", false, fmt.Errorf("parse --cgroup: %s is not under the cgroup v2 mount %s", flag, root)
+	}
 	if _, err := os.Stat(path); err == nil {
 		return path, false, nil
 	}
@@ -112,6 +117,11 @@ func lockPinDir(paths *pathFlags) (*lb.PinLock, error) {
 }
 
 func run(ctx context.Context, g *globalFlags, f *runFlags) error {
+	// SIGHUP would end the process by default: catch it from the start,
+	// and reload once serving.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log, err := g.logger()
 	if err != nil {
 		return err
@@ -123,6 +133,9 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	// The state file names files by absolute path, whatever the cwd.
 	if f.services, err = filepath.Abs(f.services); err != nil {
 		return fmt.Errorf("parse --services: %w", err)
+	}
+	if f.paths.pinDir, err = filepath.Abs(f.paths.pinDir); err != nil {
+		return fmt.Errorf("parse --pin-dir: %w", err)
 	}
 	// Every flag is checked before the kernel is touched.
 	var dnsHandler *dnsstub.Handler
@@ -149,13 +162,6 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 			return fmt.Errorf("%w: VIPs there would not be reached; pick an unused range with --vip-range4 or --vip-range6 (any /16 of 198.18.0.0/15 or a unique local /64 of fd00::/8)", err)
 		}
 	}
-	if f.readyFile != "" {
-		// A ready file left by an earlier run must not announce this one.
-		if err := os.Remove(f.readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove old ready file: %w", err)
-		}
-		defer os.Remove(f.readyFile)
-	}
 	bpffsMounted := ""
 	if !lb.IsBPFFS(filepath.Dir(f.paths.pinDir)) {
 		bpffsMounted = filepath.Dir(f.paths.pinDir)
@@ -165,6 +171,14 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		return err
 	}
 	defer lock.Unlock()
+	if f.readyFile != "" {
+		// A ready file left by an earlier run must not announce this one
+		// (only the lock holder may touch it).
+		if err := os.Remove(f.readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove old ready file: %w", err)
+		}
+		defer os.Remove(f.readyFile)
+	}
 	prev, err := readState(f.paths.stateFile())
 	if err != nil {
 		log.Warn("ignoring the previous run's state", "err", err)
@@ -172,6 +186,34 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	}
 	cg, cgCreated, err := cgroupPath(f.cgroup)
 	if err != nil {
+		return err
+	}
+	st := daemonState{
+		PID: os.Getpid(), Version: versionString(), Started: time.Now(),
+		PinDir: f.paths.pinDir, ServicesDir: f.services,
+		Cgroup: cg, CgroupCreated: cgCreated, BPFFSMounted: bpffsMounted,
+	}
+	var lastGood map[string][]byte
+	if prev != nil && prev.PinDir == st.PinDir {
+		// What an earlier run added to the host is still ours to remove.
+		st.CgroupCreated = cgCreated || prev.CgroupCreated && prev.Cgroup == cg
+		st.BPFFSMounted = cmp.Or(bpffsMounted, prev.BPFFSMounted)
+		st.LocalAddrs, st.Routes = prev.LocalAddrs, prev.Routes
+		if prev.ServicesDir == f.services {
+			lastGood = prev.lastGood()
+		}
+	}
+	// record writes what this run changed on the host at once, so down
+	// can undo it even if the run fails before its first snapshot. The
+	// previous run's services stay in it until then.
+	record := func() error {
+		tmp := st
+		if prev != nil {
+			tmp.Services, tmp.Errors = prev.Services, prev.Errors
+		}
+		return writeState(f.paths.stateFile(), &tmp)
+	}
+	if err := record(); err != nil {
 		return err
 	}
 	d, err := lb.Open(lb.Options{PinDir: f.paths.pinDir})
@@ -184,26 +226,21 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	}
 	log.Info("datapath attached", "cgroup", cg, "pins", f.paths.pinDir, "restored services", len(d.Services()))
 
-	st := daemonState{
-		PID: os.Getpid(), Version: versionString(), Started: time.Now(),
-		PinDir: f.paths.pinDir, ServicesDir: f.services,
-		Cgroup: cg, CgroupCreated: cgCreated, BPFFSMounted: bpffsMounted,
-	}
-	var lastGood map[string][]byte
-	if prev != nil {
-		// What an earlier run added to the host is still ours to remove.
-		st.CgroupCreated = cgCreated || prev.CgroupCreated && prev.Cgroup == cg
-		st.BPFFSMounted = cmp.Or(bpffsMounted, prev.BPFFSMounted)
-		st.LocalAddrs = prev.LocalAddrs
-		if prev.ServicesDir == f.services {
-			lastGood = prev.lastGood()
-		}
-	}
 	if !f.noRoutes {
-		if st.Routes, err = hostnet.InstallRoutes([]netip.Prefix{ranges.V4, ranges.V6}); err != nil {
+		var installed []netip.Prefix
+		installed, err = hostnet.InstallRoutes([]netip.Prefix{ranges.V4, ranges.V6})
+		for _, p := range installed {
+			if !slices.Contains(st.Routes, p) {
+				st.Routes = append(st.Routes, p)
+			}
+		}
+		if rerr := record(); err == nil {
+			err = rerr
+		}
+		if err != nil {
 			return err
 		}
-		log.Info("VIP ranges routed nowhere outside the mesh", "ranges", []netip.Prefix{ranges.V4, ranges.V6}, "installed", st.Routes)
+		log.Info("VIP ranges routed nowhere outside the mesh", "ranges", []netip.Prefix{ranges.V4, ranges.V6}, "installed", installed)
 	}
 	for _, ap := range dnsListen {
 		added, err := hostnet.EnsureLocal(ap.Addr())
@@ -213,6 +250,9 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		if added && !slices.Contains(st.LocalAddrs, ap.Addr()) {
 			log.Info("added the DNS stub's address to lo", "addr", ap.Addr())
 			st.LocalAddrs = append(st.LocalAddrs, ap.Addr())
+			if err := record(); err != nil {
+				return err
+			}
 		}
 	}
 	for _, ap := range dnsListen {
@@ -304,18 +344,17 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		return stop(err)
 	}
 	log.Info("serving", "dir", f.services, "services", len(snap.Services), "errors", len(snap.Errors))
+	if ctx.Err() != nil { // stopped while starting: never announce
+		return stop(nil)
+	}
 	if f.readyFile != "" {
-		if err := os.WriteFile(f.readyFile, []byte(fmt.Sprintln(os.Getpid())), 0o644); err != nil {
-			return stop(fmt.Errorf("write ready file: %w", err))
+		if err := writeReadyFile(f.readyFile); err != nil {
+			return stop(err)
 		}
 	}
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 		log.Warn("tell systemd we are ready", "err", err)
 	}
-
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 wait:
 	for {
 		select {
@@ -335,4 +374,25 @@ wait:
 	}
 	log.Info("stopped; the datapath stays pinned and keeps serving (sockmesh down removes it)", "pins", f.paths.pinDir)
 	return err
+}
+
+// writeReadyFile creates path holding the pid, through a new file renamed
+// into place: never following a link someone planted at path.
+func writeReadyFile(path string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write ready file: %w", err)
+	}
+	_, err = fmt.Fprintln(tmp, os.Getpid())
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write ready file: %w", err)
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,7 +36,20 @@ func (p *pathFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&p.stateDir, "state-dir", defaultStateDir, "directory of the daemon's state file")
 }
 
-func (p *pathFlags) stateFile() string { return filepath.Join(p.stateDir, stateFileName) }
+// stateFile is the state of the datapath in pinDir: state.json for the
+// default pin directory, a name of its own for any other, so instances on
+// different pin directories never share one.
+func (p *pathFlags) stateFile() string {
+	pin, err := filepath.Abs(p.pinDir)
+	if err != nil {
+		pin = filepath.Clean(p.pinDir)
+	}
+	if pin == defaultPinDir {
+		return filepath.Join(p.stateDir, stateFileName)
+	}
+	sum := sha256.Sum256([]byte(pin))
+	return filepath.Join(p.stateDir, fmt.Sprintf("state-%x.json", sum[:6]))
+}
 
 // daemonState is what the daemon leaves in its state file: enough for
 // status to name what the pinned maps serve, for down to undo what run

@@ -105,26 +105,13 @@ type backendStatus struct {
 	Connections uint64 `json:"connections"`
 }
 
-// daemonRunning reports whether a daemon holds pinDir.
-func daemonRunning(pinDir string) (bool, error) {
-	l, err := lb.TryLock(pinDir)
-	switch {
-	case errors.Is(err, lb.ErrLocked):
-		return true, nil
-	case errors.Is(err, os.ErrNotExist):
-		return false, nil
-	case err != nil:
-		return false, err
-	}
-	return false, l.Unlock()
-}
-
 func readStatus(paths *pathFlags) (*statusReport, error) {
 	st, err := readState(paths.stateFile())
 	if err != nil {
-		return nil, err
+		fmt.Fprintf(os.Stderr, "sockmesh: warning: %v: showing the pinned maps without names\n", err)
+		st = nil
 	}
-	running, err := daemonRunning(paths.pinDir)
+	running, err := lb.Held(paths.pinDir)
 	if err != nil {
 		return nil, fmt.Errorf("read status: %w", err)
 	}
@@ -222,7 +209,11 @@ func (rep *statusReport) writeTable(w io.Writer) error {
 		fmt.Fprintf(w, "metrics:  http://%s/metrics\n", d.Metrics)
 	}
 	if r := rep.Registry; r != nil {
-		fmt.Fprintf(w, "registry: %s, %d errors, last applied %s ago in %s\n", r.Dir, len(r.Errors), time.Since(r.Applied).Round(time.Second), r.ApplyTime.Round(time.Microsecond))
+		applied := "nothing applied yet"
+		if !r.Applied.IsZero() {
+			applied = fmt.Sprintf("last applied %s ago in %s", time.Since(r.Applied).Round(time.Second), r.ApplyTime.Round(time.Microsecond))
+		}
+		fmt.Fprintf(w, "registry: %s, %d errors, %s\n", r.Dir, len(r.Errors), applied)
 	}
 	if len(rep.Services) > 0 {
 		fmt.Fprintln(w)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -92,6 +93,14 @@ func CheckRanges(ranges []netip.Prefix) error {
 				continue
 			}
 			if r, ok := overlapping(ranges, p); ok {
+				// A wider route through a gateway (a VPN's 128.0.0.0/1 or
+				// fc00::/7, say) loses to the range's more specific
+				// unreachable route and sends nothing of the range anywhere
+				// it should go: no conflict. A wider on-link route, or any
+				// route inside the range, is one.
+				if p.Bits() < r.Bits() && viaGateway(rt) {
+					continue
+				}
 				return &OverlapError{Range: r, With: describeRoute(rt, p, name)}
 			}
 		}
@@ -161,6 +170,39 @@ func RemoveRoutes() ([]netip.Prefix, error) {
 		}
 	}
 	return removed, nil
+}
+
+// RemoveRoutesFor deletes the routes marked with [Protocol] whose
+// destination is one of ranges, leaving those of other instances alone.
+func RemoveRoutesFor(ranges []netip.Prefix) ([]netip.Prefix, error) {
+	ranges, err := canonical(ranges)
+	if err != nil {
+		return nil, err
+	}
+	var removed []netip.Prefix
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		filter := &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: Protocol}
+		routes, err := listRoutes(fam, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		if err != nil {
+			return removed, err
+		}
+		for _, rt := range routes {
+			p, _ := prefixOf(rt.Dst)
+			if !slices.Contains(ranges, p) {
+				continue
+			}
+			if err := netlink.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
+				return removed, fmt.Errorf("delete route %s (table %s): %w", p, tableName(rt.Table), err)
+			}
+			removed = append(removed, p)
+		}
+	}
+	return removed, nil
+}
+
+// viaGateway reports whether a route forwards through a gateway.
+func viaGateway(rt netlink.Route) bool {
+	return rt.Gw != nil || len(rt.MultiPath) > 0 || rt.Via != nil
 }
 
 // canonical checks the ranges and masks off host bits.

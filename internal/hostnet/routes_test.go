@@ -115,6 +115,23 @@ func TestCheckRanges(t *testing.T) {
 		},
 		ranges: []string{"192.0.2.0/24", "2001:db8:2::/64"},
 	}, {
+		name: "wider route through a gateway (a VPN's split default)",
+		setup: func(t *testing.T) {
+			r := viaLo(t, "128.0.0.0/1")
+			r.Gw, r.Flags, r.Scope = net.ParseIP("192.0.2.254"), int(netlink.FLAG_ONLINK), netlink.SCOPE_UNIVERSE
+			addRoute(t, r)
+		},
+		ranges: []string{"198.51.100.0/24"},
+	}, {
+		name: "route through a gateway inside the range",
+		setup: func(t *testing.T) {
+			r := viaLo(t, "198.51.100.0/25")
+			r.Gw, r.Flags, r.Scope = net.ParseIP("192.0.2.254"), int(netlink.FLAG_ONLINK), netlink.SCOPE_UNIVERSE
+			addRoute(t, r)
+		},
+		ranges: []string{"198.51.100.0/24"},
+		want:   "VIP range 198.51.100.0/24 overlaps route 198.51.100.0/25 via 192.0.2.254 dev lo (table main)",
+	}, {
 		name:   "default route",
 		setup:  func(t *testing.T) { addRoute(t, viaLo(t, "0.0.0.0/0")) },
 		ranges: []string{"198.51.100.0/24"},
