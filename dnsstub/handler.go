@@ -114,7 +114,7 @@ type Handler struct {
 	cfg   Config
 	zcfg  zoneConfig
 	zone  atomic.Pointer[zone]
-	fwd   *forwarder
+	fwd   atomic.Pointer[forwarder] // nil: nothing is forwarded
 	stats counters
 	// pending is the latest service set Publish was given and no build
 	// took yet; building is true while a goroutine builds.
@@ -136,11 +136,19 @@ func NewHandler(cfg Config) (*Handler, error) {
 			negativeTTL: uint32(cfg.NegativeTTL / time.Second),
 		},
 	}
-	if len(cfg.Upstreams) > 0 {
-		h.fwd = newForwarder(cfg.Upstreams, cfg.UpstreamTimeout, cfg.MaxForwards)
-	}
+	h.SetUpstreams(cfg.Upstreams)
 	h.Update(nil)
 	return h, nil
+}
+
+// SetUpstreams replaces the upstreams (the daemon's SIGHUP re-reads the
+// host's). Questions already forwarded finish with the old ones.
+func (h *Handler) SetUpstreams(upstreams []netip.AddrPort) {
+	if len(upstreams) == 0 {
+		h.fwd.Store(nil)
+		return
+	}
+	h.fwd.Store(newForwarder(upstreams, h.cfg.UpstreamTimeout, h.cfg.MaxForwards))
 }
 
 // Zone is the zone the services live under, fully qualified.
@@ -303,7 +311,7 @@ func (h *Handler) answer(z *zone, r *dns.Msg, client netip.Addr, opt *dns.OPT, e
 	} else if resp = h.forward(r, q, opt); resp == nil {
 		return nil, false
 	}
-	resp.RecursionAvailable = h.fwd != nil
+	resp.RecursionAvailable = h.fwd.Load() != nil
 	return resp, ours
 }
 
@@ -374,19 +382,20 @@ func (h *Handler) authoritative(r *dns.Msg, q dns.Question, ans answer) (*dns.Ms
 
 // forward asks the upstreams a question outside our zones; nil means drop.
 func (h *Handler) forward(r *dns.Msg, q dns.Question, opt *dns.OPT) *dns.Msg {
-	if h.fwd == nil || q.Qclass != dns.ClassINET {
+	fwd := h.fwd.Load()
+	if fwd == nil || q.Qclass != dns.ClassINET {
 		return h.fail(r, dns.RcodeRefused)
 	}
 	switch q.Qtype {
 	case dns.TypeAXFR, dns.TypeIXFR:
 		return h.fail(r, dns.RcodeRefused)
 	}
-	if !h.fwd.acquire() {
+	if !fwd.acquire() {
 		return nil
 	}
-	defer h.fwd.release()
+	defer fwd.release()
 	h.stats.forwarded.Add(1)
-	resp, err := h.fwd.exchange(r, q, opt)
+	resp, err := fwd.exchange(r, q, opt)
 	if err != nil {
 		h.stats.upstreamFailures.Add(1)
 		h.cfg.Logger.Debug("forward DNS question", "name", q.Name, "type", dns.TypeToString[q.Qtype], "error", err)

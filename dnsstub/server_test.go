@@ -559,3 +559,22 @@ func TestBadInput(t *testing.T) {
 	}
 	probe("at the end")
 }
+
+// TestSetUpstreams: upstreams swapped while serving (the daemon's SIGHUP)
+// take the next question; none means REFUSED.
+func TestSetUpstreams(t *testing.T) {
+	first := startUpstream(t, "127.0.0.2", dns.RcodeSuccess)
+	second := startUpstream(t, "127.0.0.3", dns.RcodeSuccess)
+	s := startStub(t, Config{Upstreams: []netip.AddrPort{first.addr}})
+	stub := s.Addrs()[0]
+	exchange(t, stub, "udp", query("example.test.", dns.TypeA))
+	s.Handler().SetUpstreams([]netip.AddrPort{second.addr})
+	resp := exchange(t, stub, "udp", query("example.test.", dns.TypeA))
+	if len(resp.Answer) != 1 || first.count("example.test./udp") != 1 || second.count("example.test./udp") != 1 {
+		t.Fatalf("after the swap: %v; first asked %v, second %v", resp.Answer, first.asked, second.asked)
+	}
+	s.Handler().SetUpstreams(nil)
+	if resp := exchange(t, stub, "udp", query("example.test.", dns.TypeA)); resp.Rcode != dns.RcodeRefused || resp.RecursionAvailable {
+		t.Fatalf("without upstreams: %s RA %v, want REFUSED without RA", rcodeName(resp.Rcode), resp.RecursionAvailable)
+	}
+}

@@ -85,28 +85,38 @@ func (f *dnsFlags) config(ranges registry.Ranges, log *slog.Logger) (dnsstub.Con
 		}
 		cfg.Allow = append(cfg.Allow, p)
 	}
+	if cfg.Upstreams, err = f.upstreamList(listen, log); err != nil {
+		return cfg, nil, err
+	}
+	return cfg, listen, nil
+}
+
+// upstreamList is --dns-upstream, or else the host's resolvers as
+// /etc/resolv.conf names them now, never the stub itself.
+func (f *dnsFlags) upstreamList(listen []netip.AddrPort, log *slog.Logger) ([]netip.AddrPort, error) {
+	var ups []netip.AddrPort
 	if len(f.upstreams) > 0 {
 		for _, s := range f.upstreams {
 			ap, err := parseAddrPort(s, 53)
 			if err != nil {
-				return cfg, nil, fmt.Errorf("parse --dns-upstream: %w", err)
+				return nil, fmt.Errorf("parse --dns-upstream: %w", err)
 			}
-			cfg.Upstreams = append(cfg.Upstreams, ap)
+			ups = append(ups, ap)
 		}
-	} else if ups, err := dnsstub.SystemUpstreams(dnsstub.ResolvConf); err != nil {
+	} else if sys, err := dnsstub.SystemUpstreams(dnsstub.ResolvConf); err != nil {
 		log.Warn("no upstream resolvers: names outside the zone will be refused", "error", err)
 	} else {
-		cfg.Upstreams = ups
+		ups = sys
 	}
-	all := cfg.Upstreams
-	cfg.Upstreams = dnsstub.WithoutSelf(all, listen)
-	if len(cfg.Upstreams) < len(all) {
+	all := ups
+	ups = dnsstub.WithoutSelf(all, listen)
+	if len(ups) < len(all) {
 		log.Warn("dropped the stub's own address from its upstreams: forwarding to ourselves would loop; give the real ones with --dns-upstream", "upstreams", all)
 	}
-	if len(cfg.Upstreams) == 0 {
+	if len(ups) == 0 {
 		log.Warn("no upstream resolvers: names outside the zone will be refused")
 	}
-	return cfg, listen, nil
+	return ups, nil
 }
 
 // parseAddrPort parses "addr", "addr:port" or "[v6]:port".

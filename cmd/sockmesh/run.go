@@ -360,6 +360,12 @@ wait:
 		select {
 		case <-hup:
 			reg.Reload()
+			if dnsHandler != nil && len(f.dns.upstreams) == 0 {
+				// The host's resolvers may have changed (DHCP, VPN).
+				ups, _ := f.dns.upstreamList(dnsListen, log)
+				dnsHandler.SetUpstreams(ups)
+				log.Info("DNS upstreams re-read from /etc/resolv.conf", "upstreams", ups)
+			}
 		case err = <-done:
 			done <- err // for stop
 			err = stop(nil)
