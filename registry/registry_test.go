@@ -520,8 +520,10 @@ func TestApplyFailureKeepsLiveAndRetries(t *testing.T) {
 	})
 }
 
-// within is how fast each file operation must reach the live set.
-const within = 200 * time.Millisecond
+// within bounds how long a file operation may take to reach the live set
+// before the test calls it missed. It is a liveness bound, loose enough for
+// a loaded CI machine, not a speed target: BenchmarkFileToVIP measures that.
+const within = 2 * time.Second
 
 func TestWatchFileOperations(t *testing.T) {
 	dir := tempDir(t)
