@@ -67,7 +67,7 @@ bench: bench-deps ## Run the benchmarks: ratios against a baseline measured in t
 	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry ./dnsstub ./cmd/sockmesh
 
 sockmesh: $(shell git ls-files '*.go' go.mod go.sum 'lb/*.o' 2>/dev/null)
-	go build -o sockmesh ./cmd/sockmesh
+	go build -ldflags "-X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o sockmesh ./cmd/sockmesh
 
 run: sockmesh ## Run sockmesh on the shipped services.d/ with demo backends, scoped to the cgroup sockmesh-demo (root).
 	./scripts/run-demo.sh
