@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"log/slog"
+
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 
@@ -126,37 +128,11 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	if err != nil {
 		return err
 	}
-	ranges, err := f.ranges.ranges()
+	cfg, err := f.check(log)
 	if err != nil {
 		return err
 	}
-	// The state file names files by absolute path, whatever the cwd.
-	if f.services, err = filepath.Abs(f.services); err != nil {
-		return fmt.Errorf("parse --services: %w", err)
-	}
-	if f.paths.pinDir, err = filepath.Abs(f.paths.pinDir); err != nil {
-		return fmt.Errorf("parse --pin-dir: %w", err)
-	}
-	// Every flag is checked before the kernel is touched.
-	var dnsHandler *dnsstub.Handler
-	var dnsListen []netip.AddrPort
-	if f.dns.enabled() {
-		cfg, listen, err := f.dns.config(ranges, log)
-		if err != nil {
-			return err
-		}
-		if dnsHandler, err = dnsstub.NewHandler(cfg); err != nil {
-			return err
-		}
-		dnsListen = listen
-	}
-	var metricsAddr netip.AddrPort
-	if f.metrics != "off" {
-		if metricsAddr, err = parseAddrPort(f.metrics, 0); err != nil || metricsAddr.Port() == 0 {
-			return fmt.Errorf("parse --metrics-listen: %q is not address:port or off", f.metrics)
-		}
-	}
-
+	ranges, dnsHandler, dnsListen := cfg.ranges, cfg.dns, cfg.dnsListen
 	if !f.noRoutes {
 		if err := hostnet.CheckRanges([]netip.Prefix{ranges.V4, ranges.V6}); err != nil {
 			return fmt.Errorf("%w: VIPs there would not be reached; pick an unused range with --vip-range4 or --vip-range6 (any /16 of 198.18.0.0/15 or a unique local /64 of fd00::/8)", err)
@@ -226,43 +202,8 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	}
 	log.Info("datapath attached", "cgroup", cg, "pins", f.paths.pinDir, "restored services", len(d.Services()))
 
-	if !f.noRoutes {
-		var installed []netip.Prefix
-		installed, err = hostnet.InstallRoutes([]netip.Prefix{ranges.V4, ranges.V6})
-		for _, p := range installed {
-			if !slices.Contains(st.Routes, p) {
-				st.Routes = append(st.Routes, p)
-			}
-		}
-		if rerr := record(); err == nil {
-			err = rerr
-		}
-		if err != nil {
-			return err
-		}
-		log.Info("VIP ranges routed nowhere outside the mesh", "ranges", []netip.Prefix{ranges.V4, ranges.V6}, "installed", installed)
-	}
-	for _, ap := range dnsListen {
-		added, err := hostnet.EnsureLocal(ap.Addr())
-		if err != nil {
-			return fmt.Errorf("set up the DNS address: %w", err)
-		}
-		if added && !slices.Contains(st.LocalAddrs, ap.Addr()) {
-			log.Info("added the DNS stub's address to lo", "addr", ap.Addr())
-			st.LocalAddrs = append(st.LocalAddrs, ap.Addr())
-			if err := record(); err != nil {
-				return err
-			}
-		}
-	}
-	for _, ap := range dnsListen {
-		st.DNSListen = append(st.DNSListen, ap.String())
-	}
-	if dnsHandler != nil {
-		st.DNSZone = dnsHandler.Zone()
-	}
-	if metricsAddr.IsValid() {
-		st.Metrics = metricsAddr.String()
+	if err := f.setUpNetwork(cfg, &st, record, log); err != nil {
+		return err
 	}
 	sw := newStateWriter(f.paths.stateFile(), st, log)
 	var onApply func(*registry.Snapshot)
@@ -325,18 +266,18 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		defer dnsServer.Close()
 		dnsErrs = dnsServer.Errors()
 	}
-	if metricsAddr.IsValid() {
+	if cfg.metricsAddr.IsValid() {
 		src := metrics.Sources{Datapath: d.Stats, Registry: reg.Snapshot}
 		if dnsHandler != nil {
 			src.DNS = dnsHandler.Stats
 		}
-		ms, err := metrics.Listen(metricsAddr.String(), metrics.NewCollector(src))
+		ms, err := metrics.Listen(cfg.metricsAddr.String(), metrics.NewCollector(src))
 		if err != nil {
 			return stop(fmt.Errorf("serve metrics: %w (pick another address with --metrics-listen)", err))
 		}
 		defer ms.Close()
 		metricsErrs = ms.Errors()
-		log.Info("serving metrics", "url", "http://"+metricsAddr.String()+"/metrics")
+		log.Info("serving metrics", "url", "http://"+cfg.metricsAddr.String()+"/metrics")
 	}
 	snap := reg.Snapshot()
 	// The state file names what is served before anyone is told it is.
@@ -399,6 +340,89 @@ func writeReadyFile(path string) error {
 	if err != nil {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("write ready file: %w", err)
+	}
+	return nil
+}
+
+// runConfig is what run's flags ask for, checked.
+type runConfig struct {
+	ranges      registry.Ranges
+	dns         *dnsstub.Handler // nil with --dns-listen off
+	dnsListen   []netip.AddrPort
+	metricsAddr netip.AddrPort // invalid when off
+}
+
+// check checks every flag, before anything on the host is touched, and
+// makes paths absolute: the state file names files whatever the cwd.
+func (f *runFlags) check(log *slog.Logger) (*runConfig, error) {
+	var cfg runConfig
+	var err error
+	if cfg.ranges, err = f.ranges.ranges(); err != nil {
+		return nil, err
+	}
+	if f.services, err = filepath.Abs(f.services); err != nil {
+		return nil, fmt.Errorf("parse --services: %w", err)
+	}
+	if f.paths.pinDir, err = filepath.Abs(f.paths.pinDir); err != nil {
+		return nil, fmt.Errorf("parse --pin-dir: %w", err)
+	}
+	if f.dns.enabled() {
+		dc, listen, err := f.dns.config(cfg.ranges, log)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.dns, err = dnsstub.NewHandler(dc); err != nil {
+			return nil, err
+		}
+		cfg.dnsListen = listen
+	}
+	if f.metrics != "off" {
+		if cfg.metricsAddr, err = parseAddrPort(f.metrics, 0); err != nil || cfg.metricsAddr.Port() == 0 {
+			return nil, fmt.Errorf("parse --metrics-listen: %q is not address:port or off", f.metrics)
+		}
+	}
+	return &cfg, nil
+}
+
+// setUpNetwork routes the VIP ranges nowhere and makes the stub's address
+// local, recording each change in st at once.
+func (f *runFlags) setUpNetwork(cfg *runConfig, st *daemonState, record func() error, log *slog.Logger) error {
+	if !f.noRoutes {
+		installed, err := hostnet.InstallRoutes([]netip.Prefix{cfg.ranges.V4, cfg.ranges.V6})
+		for _, p := range installed {
+			if !slices.Contains(st.Routes, p) {
+				st.Routes = append(st.Routes, p)
+			}
+		}
+		if rerr := record(); err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return err
+		}
+		log.Info("VIP ranges routed nowhere outside the mesh", "ranges", []netip.Prefix{cfg.ranges.V4, cfg.ranges.V6}, "installed", installed)
+	}
+	for _, ap := range cfg.dnsListen {
+		added, err := hostnet.EnsureLocal(ap.Addr())
+		if err != nil {
+			return fmt.Errorf("set up the DNS address: %w", err)
+		}
+		if added && !slices.Contains(st.LocalAddrs, ap.Addr()) {
+			log.Info("added the DNS stub's address to lo", "addr", ap.Addr())
+			st.LocalAddrs = append(st.LocalAddrs, ap.Addr())
+			if err := record(); err != nil {
+				return err
+			}
+		}
+	}
+	for _, ap := range cfg.dnsListen {
+		st.DNSListen = append(st.DNSListen, ap.String())
+	}
+	if cfg.dns != nil {
+		st.DNSZone = cfg.dns.Zone()
+	}
+	if cfg.metricsAddr.IsValid() {
+		st.Metrics = cfg.metricsAddr.String()
 	}
 	return nil
 }
