@@ -70,6 +70,7 @@ sockmesh: $(shell git ls-files '*.go' go.mod go.sum 'lb/*.o' 2>/dev/null)
 	go build -ldflags "-X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o sockmesh ./cmd/sockmesh
 
 run: sockmesh ## Run sockmesh on the shipped services.d/ with demo backends, scoped to the cgroup sockmesh-demo (root).
+	$(call apt_install,curl)
 	./scripts/run-demo.sh
 
 lint: ## gofmt, go vet, staticcheck.

@@ -229,6 +229,31 @@ func TestDaemonLifecycle(t *testing.T) {
 	}
 	curls := seen["backend 127.0.0.1:9302"] + seen["backend 127.0.0.2:9302"]
 
+	// exec joins sockmesh-exec from outside the mesh, and stays where it
+	// is from inside it.
+	cgroupOf := func(cmd *exec.Cmd) string {
+		t.Helper()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v: %s", cmd.Args, err, out)
+		}
+		for line := range strings.Lines(string(out)) {
+			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
+				return rest // the cgroup v2 line (hybrid hosts list v1 ones too)
+			}
+		}
+		t.Fatalf("no cgroup v2 line in %q", out)
+		return ""
+	}
+	execArgs := append(append([]string{"exec"}, paths...), "--", "cat", "/proc/self/cgroup")
+	rel := "/" + filepath.Base(cg.Path)
+	if got := cgroupOf(exec.Command(binary, execArgs...)); got != rel+"/"+defaultExecCgroup {
+		t.Errorf("exec from outside the mesh ran in %s, want %s/%s", got, rel, defaultExecCgroup)
+	}
+	if got := cgroupOf(cg.Command(context.Background(), t, binary, execArgs...)); got != rel {
+		t.Errorf("exec from inside the mesh ran in %s, want %s (where it was)", got, rel)
+	}
+
 	// status counts what curl did.
 	rep := readStatusJSON(t, paths)
 	if !rep.Daemon.Running || rep.Daemon.PID != d.cmd.Process.Pid || !rep.Datapath.Pinned || rep.Datapath.Programs == 0 {
