@@ -154,22 +154,7 @@ func InstallRoutes(ranges []netip.Prefix) ([]netip.Prefix, error) {
 // it also cleans up after a run that was killed. Routes that vanish
 // meanwhile are not an error.
 func RemoveRoutes() ([]netip.Prefix, error) {
-	var removed []netip.Prefix
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		filter := &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: Protocol}
-		routes, err := listRoutes(fam, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-		if err != nil {
-			return removed, err
-		}
-		for _, rt := range routes {
-			p, _ := prefixOf(rt.Dst)
-			if err := netlink.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
-				return removed, fmt.Errorf("delete route %s (table %s): %w", p, tableName(rt.Table), err)
-			}
-			removed = append(removed, p)
-		}
-	}
-	return removed, nil
+	return removeOurRoutes(func(netip.Prefix) bool { return true })
 }
 
 // RemoveRoutesFor deletes the routes marked with [Protocol] whose
@@ -179,6 +164,12 @@ func RemoveRoutesFor(ranges []netip.Prefix) ([]netip.Prefix, error) {
 	if err != nil {
 		return nil, err
 	}
+	return removeOurRoutes(func(p netip.Prefix) bool { return slices.Contains(ranges, p) })
+}
+
+// removeOurRoutes deletes the routes marked with [Protocol], in all tables
+// and both families, whose destination wanted accepts.
+func removeOurRoutes(wanted func(netip.Prefix) bool) ([]netip.Prefix, error) {
 	var removed []netip.Prefix
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		filter := &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: Protocol}
@@ -188,7 +179,7 @@ func RemoveRoutesFor(ranges []netip.Prefix) ([]netip.Prefix, error) {
 		}
 		for _, rt := range routes {
 			p, _ := prefixOf(rt.Dst)
-			if !slices.Contains(ranges, p) {
+			if !wanted(p) {
 				continue
 			}
 			if err := netlink.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
