@@ -123,7 +123,15 @@ func startRegistry(t testing.TB, dir string, dp Applier) *Registry {
 func startRecorded(t testing.TB, dir string, dp Applier) (*Registry, *recorder) {
 	t.Helper()
 	rec := &recorder{}
-	r, err := New(Options{Dir: dir, Limits: testLimits(), Logger: quietLogger(t), OnApply: rec.add}, dp)
+	return startWith(t, Options{Dir: dir, OnApply: rec.add}, dp), rec
+}
+
+// startWith runs a registry with opts (Limits and Logger filled in) until
+// the test ends, and waits until it is ready.
+func startWith(t testing.TB, opts Options, dp Applier) *Registry {
+	t.Helper()
+	opts.Limits, opts.Logger = testLimits(), quietLogger(t)
+	r, err := New(opts, dp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +151,7 @@ func startRecorded(t testing.TB, dir string, dp Applier) (*Registry, *recorder) 
 	case <-time.After(5 * time.Second):
 		t.Fatal("registry not ready after 5s")
 	}
-	return r, rec
+	return r
 }
 
 // waitFor polls the live snapshot until cond holds, failing after within.

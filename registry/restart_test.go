@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,33 +9,6 @@ import (
 
 	"sockmesh/lb"
 )
-
-// startWith runs a registry with opts (Dir, Limits and Logger filled in).
-func startWith(t *testing.T, opts Options, dp Applier) *Registry {
-	t.Helper()
-	opts.Limits, opts.Logger = testLimits(), quietLogger(t)
-	r, err := New(opts, dp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("registry: %v", err)
-		}
-	})
-	select {
-	case <-r.Ready():
-	case err := <-done:
-		t.Fatalf("registry stopped: %v", err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("registry not ready after 5s")
-	}
-	return r
-}
 
 // putOld writes a file whose last change is long past, so its errors are
 // reported at once rather than after the in-place-write grace.
