@@ -323,22 +323,10 @@ wait:
 	return err
 }
 
-// writeReadyFile creates path holding the pid, through a new file renamed
-// into place: never following a link someone planted at path.
+// writeReadyFile creates path holding the pid (replaceFile: never
+// following a link someone planted at path).
 func writeReadyFile(path string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write ready file: %w", err)
-	}
-	_, err = fmt.Fprintln(tmp, os.Getpid())
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := replaceFile(path, []byte(fmt.Sprintln(os.Getpid()))); err != nil {
 		return fmt.Errorf("write ready file: %w", err)
 	}
 	return nil

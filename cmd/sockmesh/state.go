@@ -149,9 +149,19 @@ func writeState(path string, st *daemonState) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
+	if err := replaceFile(path, data); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	return nil
+}
+
+// replaceFile puts data at path (mode 0644) through a new file renamed
+// into place: readers see the old or the new contents, never part, and a
+// link someone planted at path is replaced, not followed.
+func replaceFile(path string, data []byte) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
-		return fmt.Errorf("write state: %w", err)
+		return err
 	}
 	defer os.Remove(f.Name()) // after a failure; renamed away otherwise
 	_, err = f.Write(data)
@@ -164,10 +174,7 @@ func writeState(path string, st *daemonState) error {
 	if err == nil {
 		err = os.Rename(f.Name(), path)
 	}
-	if err != nil {
-		return fmt.Errorf("write state: %w", err)
-	}
-	return nil
+	return err
 }
 
 // stateWriter writes the state file in the background, the latest
