@@ -65,7 +65,7 @@ func execOut(name string, args ...string) ([]byte, error) {
 }
 
 // stop sends sig and waits for the daemon to exit.
-func (d *daemonProc) stop(t *testing.T, sig syscall.Signal) {
+func (d *daemonProc) stop(t testing.TB, sig syscall.Signal) {
 	t.Helper()
 	d.cmd.Process.Signal(sig)
 	select {

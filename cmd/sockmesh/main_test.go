@@ -140,26 +140,8 @@ func TestRunServesExamples(t *testing.T) {
 	ready := filepath.Join(t.TempDir(), "ready")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	daemon := exec.CommandContext(ctx, binary, "run", "--services", dir, "--cgroup", cg.Path, "--pin-dir", pinDir, "--ready-file", ready,
+	daemon := startDaemon(t, ready, "--services", dir, "--cgroup", cg.Path, "--pin-dir", pinDir,
 		"--state-dir", t.TempDir(), "--dns-upstream", upstream)
-	var logs bytes.Buffer
-	daemon.Stdout, daemon.Stderr = &logs, &logs
-	daemon.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- daemon.Wait() }()
-	defer func() {
-		if daemon.ProcessState == nil {
-			daemon.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", logs.String())
-		}
-	}()
-	waitFile(t, ready, exited)
 
 	vips := checkVIPs(t, dir)
 	helloBackends := map[string]bool{"backend 127.0.0.1:8081": true, "backend 127.0.0.2:8081": true}
@@ -235,15 +217,7 @@ func TestRunServesExamples(t *testing.T) {
 	vips = checkVIPs(t, dir)
 
 	// SIGTERM: the daemon exits cleanly and traffic keeps flowing.
-	daemon.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("daemon exit: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("daemon did not stop on SIGTERM")
-	}
+	daemon.stop(t, syscall.SIGTERM)
 	curlOK(t, cg, "http://"+vips["extra"][0]+"/", "127.0.0.1:9090")
 }
 
