@@ -428,6 +428,7 @@ func TestCLIErrors(t *testing.T) {
 		{append(safeRun(t), "--metrics-listen", "localhost"), `parse --metrics-listen: "localhost" is not address:port or off`},
 		{append(safeRun(t), "--vip-range4", "198.18.0.0"), "parse --vip-range4"},
 		{append(safeRun(t), "--vip-range4", "fd00::/64"), "IPv4 range fd00::/64 must be an IPv4 prefix"},
+		{append(safeRun(t), "--max-backends", "-1"), "parse --max-backends: -1 is not a map size"},
 	} {
 		_, errOut, code := sockmesh(t, tc.args...)
 		lines := strings.Split(strings.TrimSpace(errOut), "\n")

@@ -36,6 +36,31 @@ type runFlags struct {
 	noRoutes  bool
 	ranges    rangeFlags
 	dns       dnsFlags
+	maps      mapSizeFlags
+}
+
+// mapSizeFlags size the datapath maps when run creates them; pinned maps
+// keep the size they were created with until sockmesh down.
+type mapSizeFlags struct {
+	serviceEntries, backends, counters int
+}
+
+func (m *mapSizeFlags) add(cmd *cobra.Command) {
+	cmd.Flags().IntVar(&m.serviceEntries, "max-service-entries", 0, "size of the service map (one entry per VIP and port, plus one per backend slot); 0 keeps the built-in 131072")
+	cmd.Flags().IntVar(&m.backends, "max-backends", 0, "size of the backend map (one entry per backend of each VIP and port); 0 keeps the built-in 65536")
+	cmd.Flags().IntVar(&m.counters, "max-counters", 0, "size of the counter map (one per VIP and port and one per backend); 0 keeps the built-in 131072")
+}
+
+func (m mapSizeFlags) check() error {
+	for _, v := range []struct {
+		flag string
+		n    int
+	}{{"--max-service-entries", m.serviceEntries}, {"--max-backends", m.backends}, {"--max-counters", m.counters}} {
+		if v.n < 0 || v.n > 1<<24 {
+			return fmt.Errorf("parse %s: %d is not a map size: use 0 for the default, or up to %d", v.flag, v.n, 1<<24)
+		}
+	}
+	return nil
 }
 
 func newRunCmd(g *globalFlags) *cobra.Command {
@@ -70,6 +95,7 @@ removes everything.`,
 	cmd.Flags().BoolVar(&f.noRoutes, "no-routes", false, "install no unreachable routes for the VIP ranges (and skip the overlap check)")
 	f.ranges.add(cmd)
 	f.dns.add(cmd)
+	f.maps.add(cmd)
 	return cmd
 }
 
@@ -192,7 +218,12 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	if err := record(); err != nil {
 		return err
 	}
-	d, err := lb.Open(lb.Options{PinDir: f.paths.pinDir})
+	d, err := lb.Open(lb.Options{
+		PinDir:            f.paths.pinDir,
+		MaxServiceEntries: f.maps.serviceEntries,
+		MaxBackends:       f.maps.backends,
+		MaxCounters:       f.maps.counters,
+	})
 	if err != nil {
 		return err
 	}
@@ -346,6 +377,9 @@ func (f *runFlags) check(log *slog.Logger) (*runConfig, error) {
 	var cfg runConfig
 	var err error
 	if cfg.ranges, err = f.ranges.ranges(); err != nil {
+		return nil, err
+	}
+	if err := f.maps.check(); err != nil {
 		return nil, err
 	}
 	if f.services, err = filepath.Abs(f.services); err != nil {
