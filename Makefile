@@ -9,16 +9,16 @@ BPF_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GO_TEST_FLAGS ?= -count=1
 
-# Debian packages the build and the tests need.
-APT_PACKAGES := clang-14 llvm-14 libbpf-dev dnsutils curl python3
+# Debian packages the build and the tests need. The servers and load tools
+# are what the benchmark harness compares against; make test runs a smoke
+# version of it, so they are needed there too.
+APT_PACKAGES := clang-14 llvm-14 libbpf-dev dnsutils curl python3 \
+	iperf3 haproxy nftables iptables dnsperf unbound
 
-.PHONY: help deps bench-deps generate check-generated build test fuzz bench run lint
+.PHONY: help deps generate check-generated build test fuzz bench run lint
 
 help: ## Show the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
-
-# Tools only the benchmarks need: the servers we compare against.
-BENCH_PACKAGES := dnsperf unbound
 
 # apt_install installs the Debian packages in $(1) that are missing. A
 # temporary policy-rc.d keeps the servers among them from starting as
@@ -35,9 +35,6 @@ endef
 
 deps: ## Install the tools the build and tests need (Debian, root), if missing.
 	$(call apt_install,$(APT_PACKAGES))
-
-bench-deps: deps ## Install what the benchmarks compare against (dnsperf, unbound), if missing.
-	$(call apt_install,$(BENCH_PACKAGES))
 
 generate: deps ## Rebuild the BPF objects and Go bindings from bpf/ (commit the result).
 	cd lb && BPF_OUT=. BPF_CLANG=$(BPF_CLANG) BPF_STRIP=$(BPF_STRIP) BPF_CFLAGS="$(BPF_CFLAGS)" go generate ./...
@@ -63,8 +60,9 @@ fuzz: ## Fuzz the service-file parser, the DNS handler and its fast path, FUZZTI
 	go test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./dnsstub
 	go test -run '^$$' -fuzz '^FuzzFastPath$$' -fuzztime $(FUZZTIME) ./dnsstub
 
-bench: bench-deps ## Run the benchmarks: ratios against a baseline measured in the same run.
-	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry ./dnsstub ./cmd/sockmesh
+bench: deps sockmesh ## Run the benchmarks (about 10 min): the harness writes bench/results/<date>.md and .png; then the package benchmarks.
+	go run ./bench -sockmesh ./sockmesh -out bench/results
+	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry ./cmd/sockmesh
 
 sockmesh: $(shell git ls-files '*.go' go.mod go.sum 'lb/*.o' 2>/dev/null)
 	go build -ldflags "-X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o sockmesh ./cmd/sockmesh
