@@ -17,6 +17,10 @@
  * slot set into the region the master does not point at, then flips the
  * master in one update, then deletes the old region: a reader sees either the
  * old or the new slot set, never a mix of both.
+ *
+ * VIP filter: before the service lookup, the destination is matched against
+ * a few prefixes that cover every VIP loaded (sm_vip_filter), so a connect
+ * to a non-VIP address costs one inlined array read, not a hash lookup.
  */
 #pragma once
 
@@ -67,6 +71,34 @@ struct backend {
 	__u8 family;   /* AF_INET or AF_INET6 */
 	__u8 pad;
 	__u32 svc_id; /* the service this backend belongs to */
+};
+
+/* Prefixes per bank of the VIP filter, per family. */
+#define VIP_FILTER_V4 4
+#define VIP_FILTER_V6 2
+
+/* A destination may be a VIP if (addr & mask) == net for some entry. An
+ * unused entry is net ~0, mask 0: it never matches. */
+struct v4_prefix {
+	__u32 net; /* network byte order */
+	__u32 mask;
+};
+
+struct v6_prefix {
+	__u32 net[4];
+	__u32 mask[4];
+};
+
+/* The filter has two banks, entries [0, N) and [N, 2N), and matches if any
+ * entry of either matches. An array value is updated in place, not
+ * atomically, so the control plane changes the filter in two writes: the
+ * new prefixes into the bank nobody relies on, then the old bank cleared.
+ * A reader sees a torn entry only in a bank that is not needed at that
+ * moment, and a torn entry can at worst match too much. The all-zero value
+ * (a new map) matches everything: correct, and as slow as no filter. */
+struct vip_filter {
+	struct v4_prefix v4[2 * VIP_FILTER_V4]; /* IPv4 and v4-mapped VIPs */
+	struct v6_prefix v6[2 * VIP_FILTER_V6];
 };
 
 /* Per-CPU counters, one entry per service id and per backend id. */
@@ -152,6 +184,15 @@ struct {
 	__type(value, struct rev_value);
 } sm_rev SEC(".maps");
 
+/* The VIP filter: one entry, written by the control plane (see struct
+ * vip_filter). An array, so the verifier inlines the lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vip_filter);
+} sm_vip_filter SEC(".maps");
+
 /* Keeps the compiler from merging or reordering ctx loads. */
 #define barrier() asm volatile("" ::: "memory")
 
@@ -221,6 +262,7 @@ static __always_inline void addr_copy(__u32 dst[4], const __u32 src[4])
 	dst[3] = src[3];
 }
 
+
 static __always_inline int is_v4_mapped(const __u32 a[4])
 {
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
@@ -240,8 +282,40 @@ static __always_inline void count_refusal(__u32 id)
 		c->refused++;
 }
 
-/* lookup_master finds the service entry of key (slot 0): the one lookup a
- * connect to a non-VIP address pays. */
+/* may_be_vip reports whether addr falls in the VIP filter; if not, no
+ * service has it and the hash lookup is skipped.
+ *
+ * Verifier: the lookup of a constant key in an array map is inlined into a
+ * bounds check and a pointer add (no helper call), and the loops have
+ * constant bounds, so clang unrolls them. For connect4 and sendmsg4
+ * is_v4_mapped(addr) is a constant and the IPv6 half is compiled out. */
+static __always_inline int may_be_vip(const __u32 addr[4])
+{
+	__u32 zero = 0;
+	struct vip_filter *f = bpf_map_lookup_elem(&sm_vip_filter, &zero);
+	int i;
+
+	if (!f)
+		return 1; /* cannot happen (an array of one): look it up */
+	if (is_v4_mapped(addr)) {
+		for (i = 0; i < 2 * VIP_FILTER_V4; i++)
+			if ((addr[3] & f->v4[i].mask) == f->v4[i].net)
+				return 1;
+		return 0;
+	}
+	for (i = 0; i < 2 * VIP_FILTER_V6; i++) {
+		const struct v6_prefix *p = &f->v6[i];
+
+		if ((((addr[0] & p->mask[0]) ^ p->net[0]) |
+		     ((addr[1] & p->mask[1]) ^ p->net[1]) |
+		     ((addr[2] & p->mask[2]) ^ p->net[2]) |
+		     ((addr[3] & p->mask[3]) ^ p->net[3])) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/* lookup_master finds the service entry of key (slot 0). */
 static __always_inline struct svc_value *lookup_master(struct svc_key *key)
 {
 	key->slot = 0;
@@ -374,11 +448,13 @@ static __always_inline int translate_forward(struct bpf_sock_addr *ctx, int v6,
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 1;
 	read_user_addr(ctx, v6, key.addr);
+	if (!may_be_vip(key.addr))
+		return 1; /* not a VIP: the common case, no hash lookup */
 	key.port = read_user_port(ctx);
 	key.proto = (__u8)proto;
 	master = lookup_master(&key);
 	if (!master)
-		return 1; /* not a VIP: the common case, one lookup */
+		return 1;
 
 	if (proto == IPPROTO_TCP)
 		entropy = bpf_get_prandom_u32();

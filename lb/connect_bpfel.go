@@ -77,6 +77,20 @@ type connectSvcValue struct {
 	Flags uint32
 }
 
+type connectVipFilter struct {
+	_  structs.HostLayout
+	V4 [8]struct {
+		_    structs.HostLayout
+		Net  uint32
+		Mask uint32
+	}
+	V6 [4]struct {
+		_    structs.HostLayout
+		Net  [4]uint32
+		Mask [4]uint32
+	}
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -86,6 +100,7 @@ const (
 	connectMapSmLocalNames = "sm_local_names"
 	connectMapSmRev        = "sm_rev"
 	connectMapSmServices   = "sm_services"
+	connectMapSmVipFilter  = "sm_vip_filter"
 	connectProgSmConnect4  = "sm_connect4"
 	connectProgSmConnect6  = "sm_connect6"
 )
@@ -145,6 +160,7 @@ type connectMapSpecs struct {
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
 	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
+	SmVipFilter  *ebpf.MapSpec `ebpf:"sm_vip_filter"`
 }
 
 // connectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -178,6 +194,7 @@ type connectMaps struct {
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
 	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
+	SmVipFilter  *ebpf.Map `ebpf:"sm_vip_filter"`
 }
 
 func (m *connectMaps) Close() error {
@@ -187,6 +204,7 @@ func (m *connectMaps) Close() error {
 		m.SmLocalNames,
 		m.SmRev,
 		m.SmServices,
+		m.SmVipFilter,
 	)
 }
 

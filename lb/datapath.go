@@ -148,6 +148,7 @@ func (d *Datapath) load(opts Options) error {
 		backends:   kernelTable[uint32, backendValue]{d.maps["sm_backends"]},
 		counters:   percpuCounters{d.maps["sm_counters"], ebpf.MustPossibleCPU()},
 		localNames: kernelTable[localKey, localValue]{d.maps["sm_local_names"]},
+		filter:     kernelTable[uint32, vipFilter]{d.maps["sm_vip_filter"]},
 		meta:       kernelTable[uint32, uint64]{meta},
 	}
 	lim := Limits{

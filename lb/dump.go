@@ -25,6 +25,14 @@ func dump(t tables) (string, error) {
 		return "", fmt.Errorf("dump local names: %w", err)
 	}
 	var b strings.Builder
+	if t.filter != nil {
+		f, err := t.filter.All()
+		if err != nil {
+			return "", fmt.Errorf("dump vip filter: %w", err)
+		}
+		v := f[0]
+		fmt.Fprintf(&b, "vip-filter bank0 %s\nvip-filter bank1 %s\n", filterPrefixes(&v, 0), filterPrefixes(&v, 1))
+	}
 	keys := slices.SortedFunc(maps.Keys(svcs), func(a, b svcKey) int {
 		return cmp.Or(compareSvcKey(a, b), cmp.Compare(a.Slot, b.Slot))
 	})

@@ -21,6 +21,7 @@ const (
 	getnameMapSmLocalNames    = "sm_local_names"
 	getnameMapSmRev           = "sm_rev"
 	getnameMapSmServices      = "sm_services"
+	getnameMapSmVipFilter     = "sm_vip_filter"
 	getnameProgSmGetpeername4 = "sm_getpeername4"
 	getnameProgSmGetpeername6 = "sm_getpeername6"
 	getnameProgSmGetsockname4 = "sm_getsockname4"
@@ -84,6 +85,7 @@ type getnameMapSpecs struct {
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
 	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
+	SmVipFilter  *ebpf.MapSpec `ebpf:"sm_vip_filter"`
 }
 
 // getnameVariableSpecs contains global variables before they are loaded into the kernel.
@@ -117,6 +119,7 @@ type getnameMaps struct {
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
 	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
+	SmVipFilter  *ebpf.Map `ebpf:"sm_vip_filter"`
 }
 
 func (m *getnameMaps) Close() error {
@@ -126,6 +129,7 @@ func (m *getnameMaps) Close() error {
 		m.SmLocalNames,
 		m.SmRev,
 		m.SmServices,
+		m.SmVipFilter,
 	)
 }
 

@@ -76,6 +76,12 @@ func ReadPinned(pinDir string) (*Pinned, error) {
 		return nil, err
 	}
 	t.localNames = kernelTable[localKey, localValue]{m}
+	if _, err := os.Stat(filepath.Join(pinDir, "sm_vip_filter")); err == nil {
+		if m, err = open("sm_vip_filter"); err != nil {
+			return nil, err
+		}
+		t.filter = kernelTable[uint32, vipFilter]{m}
+	}
 	if m, err = open(metaMapName); err != nil {
 		return nil, err
 	}

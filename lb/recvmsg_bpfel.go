@@ -21,6 +21,7 @@ const (
 	recvmsgMapSmLocalNames = "sm_local_names"
 	recvmsgMapSmRev        = "sm_rev"
 	recvmsgMapSmServices   = "sm_services"
+	recvmsgMapSmVipFilter  = "sm_vip_filter"
 	recvmsgProgSmRecvmsg4  = "sm_recvmsg4"
 	recvmsgProgSmRecvmsg6  = "sm_recvmsg6"
 )
@@ -80,6 +81,7 @@ type recvmsgMapSpecs struct {
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
 	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
+	SmVipFilter  *ebpf.MapSpec `ebpf:"sm_vip_filter"`
 }
 
 // recvmsgVariableSpecs contains global variables before they are loaded into the kernel.
@@ -113,6 +115,7 @@ type recvmsgMaps struct {
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
 	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
+	SmVipFilter  *ebpf.Map `ebpf:"sm_vip_filter"`
 }
 
 func (m *recvmsgMaps) Close() error {
@@ -122,6 +125,7 @@ func (m *recvmsgMaps) Close() error {
 		m.SmLocalNames,
 		m.SmRev,
 		m.SmServices,
+		m.SmVipFilter,
 	)
 }
 

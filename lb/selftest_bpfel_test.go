@@ -46,6 +46,7 @@ const (
 	selftestMapSmLocalNames = "sm_local_names"
 	selftestMapSmRev        = "sm_rev"
 	selftestMapSmServices   = "sm_services"
+	selftestMapSmVipFilter  = "sm_vip_filter"
 	selftestProgSmSelect    = "sm_select"
 )
 
@@ -103,6 +104,7 @@ type selftestMapSpecs struct {
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
 	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
+	SmVipFilter  *ebpf.MapSpec `ebpf:"sm_vip_filter"`
 }
 
 // selftestVariableSpecs contains global variables before they are loaded into the kernel.
@@ -136,6 +138,7 @@ type selftestMaps struct {
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
 	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
+	SmVipFilter  *ebpf.Map `ebpf:"sm_vip_filter"`
 }
 
 func (m *selftestMaps) Close() error {
@@ -145,6 +148,7 @@ func (m *selftestMaps) Close() error {
 		m.SmLocalNames,
 		m.SmRev,
 		m.SmServices,
+		m.SmVipFilter,
 	)
 }
 

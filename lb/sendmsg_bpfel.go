@@ -21,6 +21,7 @@ const (
 	sendmsgMapSmLocalNames = "sm_local_names"
 	sendmsgMapSmRev        = "sm_rev"
 	sendmsgMapSmServices   = "sm_services"
+	sendmsgMapSmVipFilter  = "sm_vip_filter"
 	sendmsgProgSmSendmsg4  = "sm_sendmsg4"
 	sendmsgProgSmSendmsg6  = "sm_sendmsg6"
 )
@@ -80,6 +81,7 @@ type sendmsgMapSpecs struct {
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
 	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
+	SmVipFilter  *ebpf.MapSpec `ebpf:"sm_vip_filter"`
 }
 
 // sendmsgVariableSpecs contains global variables before they are loaded into the kernel.
@@ -113,6 +115,7 @@ type sendmsgMaps struct {
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
 	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
+	SmVipFilter  *ebpf.Map `ebpf:"sm_vip_filter"`
 }
 
 func (m *sendmsgMaps) Close() error {
@@ -122,6 +125,7 @@ func (m *sendmsgMaps) Close() error {
 		m.SmLocalNames,
 		m.SmRev,
 		m.SmServices,
+		m.SmVipFilter,
 	)
 }
 

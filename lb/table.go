@@ -42,6 +42,9 @@ type tables struct {
 	backends   table[uint32, backendValue]
 	counters   table[uint32, counterValue]
 	localNames table[localKey, localValue]
+	// filter holds the VIP filter at key 0 (filter.go); nil in a
+	// read-only view of maps pinned by a version without it.
+	filter table[uint32, vipFilter]
 	// meta holds the next id to hand out at key 0, so ids are never reused,
 	// not even across restarts.
 	meta table[uint32, uint64]

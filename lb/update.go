@@ -87,6 +87,9 @@ func (w *writer) update(put []Service, remove []ServiceKey) (ApplyStats, error) 
 
 	w.writes = 0
 	var st ApplyStats
+	if err := w.widenFilter(ps); err != nil {
+		return st, fmt.Errorf("update services: %w", err)
+	}
 	errs := w.write(&st, slices.SortedFunc(maps.Keys(gone), compareSvcKey), ps)
 	if err := w.putLocals(wanted); err != nil {
 		errs = append(errs, err)
@@ -101,6 +104,9 @@ func (w *writer) update(put []Service, remove []ServiceKey) (ApplyStats, error) 
 		if err := w.deleteLocal(k); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := w.narrowFilter(); err != nil {
+		errs = append(errs, err)
 	}
 	st.Writes = w.writes
 	if err := errors.Join(errs...); err != nil {

@@ -28,6 +28,9 @@ type ApplyStats struct {
 //  5. only then are the old region's slots deleted, and orphaned backends
 //     last of all.
 //
+// Around all of this, the VIP filter is widened before anything is written
+// and narrowed after (filter.go), so it never hides a live VIP.
+//
 // A reader holding an old master may find a slot or backend gone; the
 // programs then re-read the master (select_backend in bpf/sockmesh.h).
 type writer struct {
@@ -42,6 +45,10 @@ type writer struct {
 	locals   map[localKey]localValue
 	// entries counts the service-map entries the mirror holds.
 	entries int
+	// filter is the VIP filter in the map; bank is the bank of it that
+	// alone covers every live VIP (-1: neither, see switchFilter).
+	filter vipFilter
+	bank   int
 
 	writes int
 }
@@ -95,6 +102,14 @@ func newWriter(t tables, lim Limits) (*writer, error) {
 	if w.locals, err = t.localNames.All(); err != nil {
 		return nil, fmt.Errorf("read local names: %w", err)
 	}
+	if t.filter != nil {
+		f, err := t.filter.All()
+		if err != nil {
+			return nil, fmt.Errorf("read vip filter: %w", err)
+		}
+		w.filter = f[0]
+	}
+	w.bank = coveringBank(&w.filter, w.liveVIPs(nil))
 	meta, err := t.meta.All()
 	if err != nil {
 		return nil, fmt.Errorf("read meta: %w", err)
@@ -305,6 +320,9 @@ func (w *writer) apply(desired []Service) (ApplyStats, error) {
 	w.writes = 0
 	var st ApplyStats
 	var errs []error
+	if err := w.widenFilter(ds); err != nil {
+		return st, fmt.Errorf("apply services: %w", err)
+	}
 
 	want := make(map[svcKey]bool, len(ds))
 	for _, s := range ds {
@@ -322,6 +340,9 @@ func (w *writer) apply(desired []Service) (ApplyStats, error) {
 		errs = append(errs, err)
 	}
 	if err := w.sweep(locals); err != nil {
+		errs = append(errs, err)
+	}
+	if err := w.narrowFilter(); err != nil {
 		errs = append(errs, err)
 	}
 	st.Writes = w.writes

@@ -73,6 +73,7 @@ type fake struct {
 	counters *fakeTable[uint32, counterValue]
 	locals   *fakeTable[localKey, localValue]
 	meta     *fakeTable[uint32, uint64]
+	filter   *fakeTable[uint32, vipFilter]
 }
 
 func newFake(capacity int) *fake {
@@ -82,11 +83,12 @@ func newFake(capacity int) *fake {
 	f.counters = &fakeTable[uint32, counterValue]{&f.fakeMaps, map[uint32]counterValue{}, 2 * capacity}
 	f.locals = &fakeTable[localKey, localValue]{&f.fakeMaps, map[localKey]localValue{}, capacity}
 	f.meta = &fakeTable[uint32, uint64]{&f.fakeMaps, map[uint32]uint64{}, 1}
+	f.filter = &fakeTable[uint32, vipFilter]{&f.fakeMaps, map[uint32]vipFilter{}, 1}
 	return f
 }
 
 func (f *fake) tables() tables {
-	return tables{services: f.services, backends: f.backends, counters: f.counters, localNames: f.locals, meta: f.meta}
+	return tables{services: f.services, backends: f.backends, counters: f.counters, localNames: f.locals, meta: f.meta, filter: f.filter}
 }
 
 func (f *fake) limits() Limits {
@@ -145,6 +147,17 @@ func resolveSet(ds []Service) map[ServiceKey]string {
 		panic(err)
 	}
 	return f.resolve()
+}
+
+// hidden finds a service the VIP filter keeps connect() from looking up.
+func (f *fake) hidden() (ServiceKey, bool) {
+	v := f.filter.m[0]
+	for k := range f.services.m {
+		if k.Slot == 0 && !filterCovers(&v, wordsAddr(k.Addr)) {
+			return keyOf(k), true
+		}
+	}
+	return ServiceKey{}, false
 }
 
 // strays counts entries no live service references.
@@ -247,6 +260,9 @@ func TestWriterNoHalfStateUnderFailures(t *testing.T) {
 				before := f.resolve()
 				want := resolveSet(step)
 				f.afterOp = func() {
+					if k, ok := f.hidden(); ok {
+						t.Fatalf("step %d op %d: the vip filter hides live service %s", i, f.ops, k)
+					}
 					for k, now := range f.resolve() {
 						if now != before[k] && now != want[k] {
 							t.Fatalf("step %d op %d: %s serves %q, neither before (%q) nor after (%q)", i, f.ops, k, now, before[k], want[k])
