@@ -442,14 +442,15 @@ static __always_inline int translate_forward(struct bpf_sock_addr *ctx, int v6,
 	struct svc_value *master;
 	struct backend be;
 	__u32 svc_id = 0, backend_id = 0, entropy;
-	__u32 proto = ctx->protocol;
+	__u32 proto;
 	enum select_result res;
 
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return 1;
 	read_user_addr(ctx, v6, key.addr);
 	if (!may_be_vip(key.addr))
 		return 1; /* not a VIP: the common case, no hash lookup */
+	proto = ctx->protocol; /* after the filter: a load through ctx->sk */
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
 	key.port = read_user_port(ctx);
 	key.proto = (__u8)proto;
 	master = lookup_master(&key);
