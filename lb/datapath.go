@@ -96,6 +96,10 @@ func (d *Datapath) load(opts Options) error {
 		"sm_backends": opts.MaxBackends,
 		"sm_counters": opts.MaxCounters,
 	}
+	carried, err := retirePerCPUCounters(d.pinDir)
+	if err != nil {
+		return err
+	}
 	for _, obj := range objects {
 		spec, err := obj.load()
 		if err != nil {
@@ -146,7 +150,7 @@ func (d *Datapath) load(opts Options) error {
 	d.tables = tables{
 		services:   kernelTable[svcKey, svcValue]{d.maps["sm_services"]},
 		backends:   kernelTable[uint32, backendValue]{d.maps["sm_backends"]},
-		counters:   percpuCounters{d.maps["sm_counters"], ebpf.MustPossibleCPU()},
+		counters:   kernelTable[uint32, counterValue]{d.maps["sm_counters"]},
 		localNames: kernelTable[localKey, localValue]{d.maps["sm_local_names"]},
 		filter:     kernelTable[uint32, vipFilter]{d.maps["sm_vip_filter"]},
 		meta:       kernelTable[uint32, uint64]{meta},
@@ -156,6 +160,9 @@ func (d *Datapath) load(opts Options) error {
 		Backends:       int(d.maps["sm_backends"].MaxEntries()),
 		Counters:       int(d.maps["sm_counters"].MaxEntries()),
 		LocalNames:     int(d.maps["sm_local_names"].MaxEntries()),
+	}
+	if err := carryCounters(d.tables.counters, carried); err != nil {
+		return err
 	}
 	d.w, err = newWriter(d.tables, lim)
 	return err

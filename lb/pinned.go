@@ -17,7 +17,7 @@ import (
 type Pinned struct {
 	// Services are what the maps serve, with weights as slot counts.
 	Services []Service
-	// Stats are the per-CPU counters summed.
+	// Stats are the counters of every service and backend.
 	Stats []ServiceStats
 	// Links are the pinned program links and where they are attached.
 	Links []PinnedLink
@@ -67,11 +67,11 @@ func ReadPinned(pinDir string) (*Pinned, error) {
 	if m, err = open("sm_counters"); err != nil {
 		return nil, err
 	}
-	cpus, err := ebpf.PossibleCPU()
-	if err != nil {
-		return nil, fmt.Errorf("read pins in %s: %w", pinDir, err)
+	if m.Type() == ebpf.PerCPUHash {
+		t.counters = percpuCounters{m} // pinned by an earlier version
+	} else {
+		t.counters = kernelTable[uint32, counterValue]{m}
 	}
-	t.counters = percpuCounters{m, cpus}
 	if m, err = open("sm_local_names"); err != nil {
 		return nil, err
 	}

@@ -24,7 +24,7 @@ type BackendStats struct {
 	Translations uint64
 }
 
-// Stats reads the per-CPU counters of every live service and backend.
+// Stats reads the counters of every live service and backend.
 func (d *Datapath) Stats() ([]ServiceStats, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

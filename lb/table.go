@@ -74,39 +74,3 @@ func (t kernelTable[K, V]) All() (map[K]V, error) {
 	}
 	return out, nil
 }
-
-// percpuCounters is the per-CPU counter map: Put writes the value on every
-// CPU, All sums the CPUs.
-type percpuCounters struct {
-	m    *ebpf.Map
-	cpus int
-}
-
-func (t percpuCounters) Put(k uint32, v counterValue) error {
-	vals := make([]counterValue, t.cpus)
-	vals[0] = v
-	return t.m.Put(k, vals)
-}
-
-func (t percpuCounters) Delete(k uint32) error {
-	return kernelTable[uint32, []counterValue]{t.m}.Delete(k)
-}
-
-func (t percpuCounters) All() (map[uint32]counterValue, error) {
-	out := make(map[uint32]counterValue)
-	var k uint32
-	var vals []counterValue
-	it := t.m.Iterate()
-	for it.Next(&k, &vals) {
-		var sum counterValue
-		for _, v := range vals {
-			sum.Translations += v.Translations
-			sum.Refused += v.Refused
-		}
-		out[k] = sum
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate %s: %w", t.m, err)
-	}
-	return out, nil
-}
