@@ -188,11 +188,12 @@ type stateWriter struct {
 	base    daemonState
 	log     *slog.Logger
 	next    chan *registry.Snapshot
+	stop    chan struct{}
 	done    chan struct{}
 }
 
 func newStateWriter(path string, base daemonState, log *slog.Logger) *stateWriter {
-	w := &stateWriter{path: path, base: base, log: log, next: make(chan *registry.Snapshot, 1), done: make(chan struct{})}
+	w := &stateWriter{path: path, base: base, log: log, next: make(chan *registry.Snapshot, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go w.loop()
 	return w
 }
@@ -227,17 +228,28 @@ func (w *stateWriter) publish(snap *registry.Snapshot) {
 	}
 }
 
+// stateInterval is the least time between two background writes. With
+// 10,000 services a write costs tens of milliseconds of CPU; under a
+// stream of changes, writing every snapshot kept a core busy and slowed
+// the registry's own applies. Snapshots that come meanwhile coalesce.
+const stateInterval = 100 * time.Millisecond
+
 func (w *stateWriter) loop() {
 	defer close(w.done)
 	for snap := range w.next {
 		if err := w.write(snap); err != nil {
 			w.log.Warn("state file not updated: status and the next start see an older state", "err", err)
 		}
+		select {
+		case <-time.After(stateInterval):
+		case <-w.stop:
+		}
 	}
 }
 
 // close writes what is queued and stops.
 func (w *stateWriter) close() {
+	close(w.stop)
 	close(w.next)
 	<-w.done
 }
