@@ -105,8 +105,12 @@ func (w *writer) update(put []Service, remove []ServiceKey) (ApplyStats, error) 
 			errs = append(errs, err)
 		}
 	}
-	if err := w.narrowFilter(); err != nil {
-		errs = append(errs, err)
+	// Only a removal can narrow the filter; a filter left wider than it
+	// need be is still correct.
+	if len(gone) > 0 {
+		if err := w.narrowFilter(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	st.Writes = w.writes
 	if err := errors.Join(errs...); err != nil {
