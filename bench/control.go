@@ -102,7 +102,7 @@ func dialOnce(sa unix.Sockaddr) bool {
 // controlPlane runs the ctl role against d and returns its latencies.
 func (e *env) controlPlane(d *daemon, files int) (ctlResult, error) {
 	spec, _ := json.Marshal(ctlSpec{Dir: d.dir, Files: files, DNS: d.dns.String(), Zone: "mesh.internal.", Backend: fmt.Sprintf("%s:%d", backendIP, rrPort)})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Minute)
 	defer cancel()
 	cmd, err := e.role(ctx, d.cgroup, "ctl", string(spec))
 	if err != nil {
@@ -140,13 +140,13 @@ func (e *env) sustainedUpdates(dm *daemon, files int, d time.Duration) (rate flo
 			return 0, 0, err
 		}
 	}
-	if err := waitVersions(dm.pinDir, files, func(int) int { return 0 }, time.Minute); err != nil {
+	if err := waitVersions(e.ctx, dm.pinDir, files, func(int) int { return 0 }, time.Minute); err != nil {
 		return 0, 0, err
 	}
 	last := make([]int, files)
 	writes := 0
 	start := time.Now()
-	for time.Since(start) < d && writes < 1_000_000 {
+	for time.Since(start) < d && writes < 1_000_000 && e.ctx.Err() == nil {
 		i := writes % files
 		last[i]++
 		if err := write(i, last[i]); err != nil {
@@ -155,7 +155,7 @@ func (e *env) sustainedUpdates(dm *daemon, files int, d time.Duration) (rate flo
 		writes++
 	}
 	stopped := time.Now()
-	if err := waitVersions(dm.pinDir, files, func(i int) int { return last[i] }, time.Minute); err != nil {
+	if err := waitVersions(e.ctx, dm.pinDir, files, func(i int) int { return last[i] }, time.Minute); err != nil {
 		return 0, 0, err
 	}
 	done := time.Now()
@@ -167,7 +167,7 @@ func updVIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 0, byte(
 
 // waitVersions waits until, in the pinned maps, each update-test service i
 // sends to the backend port of version want(i).
-func waitVersions(pinDir string, files int, want func(int) int, within time.Duration) error {
+func waitVersions(ctx context.Context, pinDir string, files int, want func(int) int, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for {
 		p, err := lb.ReadPinned(pinDir)
@@ -192,6 +192,9 @@ func waitVersions(pinDir string, files int, want func(int) int, within time.Dura
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("updates not live after %v", within)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		time.Sleep(2 * time.Millisecond)
 	}

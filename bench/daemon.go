@@ -15,19 +15,14 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// benchService is the service every variant's client reaches: TCP echo,
-// iperf3 and UDP echo on one backend.
+// benchService is the service every variant's client reaches: TCP echo
+// (RR and CRR), iperf3 and UDP echo on one backend, on the same ports.
 func benchService() string {
 	return fmt.Sprintf(`name: bench
 vip: %s
-ports:
-  - {port: %d, name: rr}
-  - {port: %d, name: bulk}
-  - {port: %d, protocol: udp, name: echo}
-backends:
-  - address: %s
-    ports: {rr: %d, bulk: %d, echo: %d}
-`, sockmeshIP, vipRRPort, bulkPort, vipUDPPort, backendIP, rrPort, bulkPort, udpPort)
+ports: [%d, %d, %d, "%d/udp"]
+backends: [%s]
+`, sockmeshIP, rrPort, crrPort, bulkPort, udpPort, backendIP)
 }
 
 // decoy is the i-th decoy service: loaded, never dialled. Its VIPs are
@@ -52,7 +47,7 @@ func (d decoy) file() string {
 }
 
 // writeServices fills dir with the bench service and n-1 decoys.
-func writeServices(dir string, n int) error {
+func writeServices(ctx context.Context, dir string, n int) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create services dir: %w", err)
 	}
@@ -60,6 +55,9 @@ func writeServices(dir string, n int) error {
 		return fmt.Errorf("write service: %w", err)
 	}
 	for i := range n - 1 {
+		if i%1024 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
 		d := decoyAt(i)
 		if err := os.WriteFile(filepath.Join(dir, d.name+".yaml"), []byte(d.file()), 0o644); err != nil {
 			return fmt.Errorf("write service: %w", err)
@@ -98,16 +96,17 @@ func (e *env) startDaemon(bin string, n int, dnsIP string) (*daemon, error) {
 		stateDir: filepath.Join(e.tmp, name, "state"),
 		dns:      netip.AddrPortFrom(netip.MustParseAddr(dnsIP), 53),
 	}
-	if err := writeServices(d.dir, n); err != nil {
+	if err := writeServices(e.ctx, d.dir, n); err != nil {
 		return nil, err
 	}
 	ready := filepath.Join(e.tmp, name, "ready")
 	// Twice what n services of two VIPs each need, for the flips.
 	entries := max(4*n+1024, 131072)
-	cmd, err := e.command(context.Background(), "", bin, "run",
+	args := []string{"run",
 		"--services", d.dir, "--cgroup", cg, "--pin-dir", d.pinDir, "--state-dir", d.stateDir,
 		"--ready-file", ready, "--no-routes", "--dns-listen", d.dns.String(), "--dns-upstream", "127.0.0.9",
-		"--max-service-entries", fmt.Sprint(entries), "--max-backends", fmt.Sprint(entries/2), "--max-counters", fmt.Sprint(entries))
+		"--max-service-entries", fmt.Sprint(entries), "--max-backends", fmt.Sprint(entries / 2), "--max-counters", fmt.Sprint(entries)}
+	cmd, err := e.command(e.ctx, "", bin, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -132,6 +131,8 @@ func (e *env) startDaemon(bin string, n int, dnsIP string) (*daemon, error) {
 		case <-d.proc.exited:
 			out, _ := os.ReadFile(logPath)
 			return nil, fmt.Errorf("daemon on %d services exited before ready: %s", n, out)
+		case <-e.ctx.Done():
+			return nil, e.ctx.Err()
 		case <-time.After(time.Millisecond):
 		}
 		if time.Since(start) > 5*time.Minute {

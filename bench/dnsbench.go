@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -72,7 +71,7 @@ func (e *env) startUnbound(addr netip.AddrPort, services int) error {
 	if err := os.WriteFile(path, []byte(unboundConfig(addr, services)), 0o644); err != nil {
 		return fmt.Errorf("write unbound config: %w", err)
 	}
-	cmd, err := e.command(context.Background(), "", "unbound", "-d", "-c", path)
+	cmd, err := e.command(e.ctx, "", "unbound", "-d", "-c", path)
 	if err != nil {
 		return err
 	}

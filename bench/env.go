@@ -12,8 +12,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,12 +48,12 @@ const (
 	sockmeshIP = "198.18.0.10"
 	natVIP     = "10.96.0.10"
 
-	rrPort   = 9000 // backend TCP echo (CRR and RR)
-	udpPort  = 9001 // backend UDP echo
+	// Every variant serves the same ports on its own address, so an
+	// endpoint is an address.
+	rrPort   = 9000 // TCP echo on kept connections (RR)
+	udpPort  = 9001 // UDP echo
+	crrPort  = 9002 // TCP echo for short connections (CRR)
 	bulkPort = 5201 // iperf3
-
-	vipRRPort  = 80
-	vipUDPPort = 53
 )
 
 const (
@@ -94,7 +97,20 @@ func reexecInNetns() {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), envNetns+"=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
-	err := cmd.Run()
+	// Ctrl-C and SIGTERM go to the run in the namespace, which cleans up
+	// before it exits; this process waits for that.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: run in a new network namespace: %v\n", err)
+		os.Exit(1)
+	}
+	go func() {
+		for s := range sig {
+			cmd.Process.Signal(s)
+		}
+	}()
+	err := cmd.Wait()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		os.Exit(ee.ExitCode())
@@ -146,6 +162,10 @@ func ipNet(p netip.Prefix) *net.IPNet {
 // env is what the harness made and must take down again: cgroups, a
 // bpffs, a scratch directory and the processes it started.
 type env struct {
+	// ctx ends when the run is interrupted: every process the harness
+	// starts is killed then, and every loop returns, so that the
+	// harness takes down what it made before it exits.
+	ctx     context.Context
 	log     *slog.Logger
 	self    string // this program, for the roles
 	tmp     string
@@ -154,14 +174,26 @@ type env struct {
 	procs   []*proc
 	cleanup []func() error
 	cgFDs   map[string]int // open cgroup directories, for CLONE_INTO_CGROUP
+	// dataCPU is the CPU every process on the measured path (clients,
+	// backends, proxies) is pinned to, so a transaction's cost is CPU
+	// time on one CPU, not the wake-up latency of an idle second vCPU;
+	// -1 on a single-CPU machine. Daemons and the harness are not pinned:
+	// they idle while the data path is measured.
+	dataCPU int
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
-func newEnv(log *slog.Logger) (*env, error) {
+func newEnv(ctx context.Context, log *slog.Logger) (*env, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own binary: %w", err)
 	}
-	e := &env{log: log, self: self, cgFDs: map[string]int{}}
+	e := &env{ctx: ctx, log: log, self: self, cgFDs: map[string]int{}, dataCPU: -1}
+	if runtime.NumCPU() > 1 {
+		e.dataCPU = 0
+	}
 	if e.tmp, err = os.MkdirTemp("", "sockmesh-bench-"); err != nil {
 		return nil, fmt.Errorf("create scratch dir: %w", err)
 	}
@@ -221,6 +253,11 @@ func removeCgroupTree(root string) error {
 // close stops every process the harness started (by PID, SIGTERM and
 // then SIGKILL) and removes what it made, in reverse order.
 func (e *env) close() error {
+	e.closeOnce.Do(func() { e.closeErr = e.takeDown() })
+	return e.closeErr
+}
+
+func (e *env) takeDown() error {
 	var errs []error
 	for i := len(e.procs) - 1; i >= 0; i-- {
 		e.procs[i].stop()
@@ -255,6 +292,15 @@ func (p *proc) stop() {
 	}
 }
 
+// onDataCPU prefixes a command line with taskset, pinning the command
+// and every thread it makes to the data CPU.
+func (e *env) onDataCPU(name string, args ...string) (string, []string) {
+	if e.dataCPU < 0 {
+		return name, args
+	}
+	return "taskset", append([]string{"-c", fmt.Sprint(e.dataCPU), name}, args...)
+}
+
 // command prepares a command that starts straight inside cgroup (none:
 // the harness's own).
 func (e *env) command(ctx context.Context, cgroup, name string, args ...string) (*exec.Cmd, error) {
@@ -282,6 +328,17 @@ func (e *env) role(ctx context.Context, cgroup, name string, args ...string) (*e
 	if err != nil {
 		return nil, err
 	}
+	cmd.Env = append(os.Environ(), envRole+"="+name, "GODEBUG=asyncpreemptoff=1")
+	return cmd, nil
+}
+
+// dataRole is role pinned to the data CPU.
+func (e *env) dataRole(ctx context.Context, cgroup, name string, args ...string) (*exec.Cmd, error) {
+	bin, argv := e.onDataCPU(e.self, args...)
+	cmd, err := e.command(ctx, cgroup, bin, argv...)
+	if err != nil {
+		return nil, err
+	}
 	// No preemption signals: they would interrupt the load's blocking
 	// system calls (a socket with a receive timeout returns EINTR).
 	cmd.Env = append(os.Environ(), envRole+"="+name, "GODEBUG=asyncpreemptoff=1")
@@ -290,7 +347,7 @@ func (e *env) role(ctx context.Context, cgroup, name string, args ...string) (*e
 
 // startRole starts a server role and waits for its "ready" line.
 func (e *env) startRole(name string, args ...string) error {
-	cmd, err := e.role(context.Background(), "", name, args...)
+	cmd, err := e.dataRole(e.ctx, "", name, args...)
 	if err != nil {
 		return err
 	}

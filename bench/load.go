@@ -116,7 +116,11 @@ func exchange(fd int, buf []byte) error {
 }
 
 // loadCRR connects, exchanges one byte each way and closes, over and over:
-// TCP_CRR. Each connect() is timed.
+// TCP_CRR. Each connect() is timed. The close resets the connection
+// (SO_LINGER 0), so no TIME_WAIT socket is left on either side: tens of
+// thousands of them would make every connect() search longer for a free
+// port as the run goes on, a drift that has nothing to do with the
+// variant measured.
 func loadCRR(spec loadSpec, target netip.AddrPort) (loadResult, error) {
 	sa, fam := sockaddr(target), family(target)
 	buf := make([]byte, 64)
@@ -133,6 +137,9 @@ func loadCRR(spec loadSpec, target netip.AddrPort) (loadResult, error) {
 		lat = append(lat, time.Since(t0))
 		if err == nil {
 			err = exchange(fd, buf)
+		}
+		if err == nil {
+			err = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 		}
 		unix.Close(fd)
 		if err != nil {

@@ -11,14 +11,17 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -101,7 +104,9 @@ func mainErr(smoke bool, out, bin string) error {
 // measure runs every measurement and gathers the report.
 func measure(cfg config, log *slog.Logger) (r *report, err error) {
 	start := time.Now()
-	e, err := newEnv(log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	e, err := newEnv(ctx, log)
 	if e != nil {
 		defer func() {
 			if cerr := e.close(); cerr != nil && err == nil {
@@ -137,13 +142,13 @@ func measure(cfg config, log *slog.Logger) (r *report, err error) {
 	log.Info("datapath rounds", "rounds", cfg.rounds, "each", cfg.duration)
 	nft, ipt := nftVariant, iptVariant
 	eps := []endpoint{
-		{variant: Direct, cgroup: plain, host: backendIP, rrPort: rrPort, udp: true},
-		{variant: Sockmesh, cgroup: small.cgroup, host: sockmeshIP, rrPort: vipRRPort, udp: true},
-		{variant: NftMap, cgroup: plain, host: natVIP, rrPort: vipRRPort, udp: true, nat: &nft, natVIPs: small.services},
-		{variant: IptLinear, cgroup: plain, host: natVIP, rrPort: vipRRPort, udp: true, nat: &ipt, natVIPs: small.services},
-		{variant: HAProxy, cgroup: plain, host: haproxyIP, rrPort: vipRRPort},
-		{variant: GoProxy, cgroup: plain, host: goproxyIP, rrPort: vipRRPort},
-		{variant: DirectAfter, cgroup: plain, host: backendIP, rrPort: rrPort, udp: true},
+		{variant: Direct, cgroup: plain, host: backendIP, udp: true},
+		{variant: Sockmesh, cgroup: small.cgroup, host: sockmeshIP, udp: true},
+		{variant: NftMap, cgroup: plain, host: natVIP, udp: true, nat: &nft, natVIPs: small.services},
+		{variant: IptLinear, cgroup: plain, host: natVIP, udp: true, nat: &ipt, natVIPs: small.services},
+		{variant: HAProxy, cgroup: plain, host: haproxyIP},
+		{variant: GoProxy, cgroup: plain, host: goproxyIP},
+		{variant: DirectAfter, cgroup: plain, host: backendIP, udp: true},
 	}
 	rounds, err := e.datapathRounds(eps, cfg.rounds, cfg.duration)
 	if err != nil {

@@ -18,9 +18,9 @@ func (e *env) runLoadIn(cgroup string, spec loadSpec) (loadResult, error) {
 	if err != nil {
 		return loadResult{}, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), spec.Duration+30*time.Second)
+	ctx, cancel := context.WithTimeout(e.ctx, spec.Duration+30*time.Second)
 	defer cancel()
-	cmd, err := e.role(ctx, cgroup, "load", string(arg))
+	cmd, err := e.dataRole(ctx, cgroup, "load", string(arg))
 	if err != nil {
 		return loadResult{}, err
 	}
@@ -47,9 +47,10 @@ func (e *env) runLoadIn(cgroup string, spec loadSpec) (loadResult, error) {
 // received.
 func (e *env) runIperf(cgroup, host string, port int, d time.Duration) (float64, error) {
 	secs := max(1, int(d.Round(time.Second)/time.Second))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs)*time.Second+30*time.Second)
+	ctx, cancel := context.WithTimeout(e.ctx, time.Duration(secs)*time.Second+30*time.Second)
 	defer cancel()
-	cmd, err := e.command(ctx, cgroup, "iperf3", "-c", host, "-p", fmt.Sprint(port), "-t", fmt.Sprint(secs), "-J")
+	bin, args := e.onDataCPU("iperf3", "-c", host, "-p", fmt.Sprint(port), "-t", fmt.Sprint(secs), "-J")
+	cmd, err := e.command(ctx, cgroup, bin, args...)
 	if err != nil {
 		return 0, err
 	}
@@ -72,8 +73,7 @@ func (e *env) runIperf(cgroup, host string, port int, d time.Duration) (float64,
 type endpoint struct {
 	variant Variant
 	cgroup  string      // where its client runs
-	host    string      // address it dials
-	rrPort  int         // port of the echo service there
+	host    string      // address it dials, on the ports of env.go
 	udp     bool        // whether it carries UDP (proxies do not)
 	nat     *natVariant // rules to load around the measurement
 	natVIPs int         // VIPs those rules hold, the dialled one included
@@ -114,13 +114,12 @@ func (e *env) measureEndpoint(ep endpoint, d time.Duration) (sample, error) {
 			}
 		}()
 	}
-	target := fmt.Sprintf("%s:%d", ep.host, ep.rrPort)
-	crr, err := e.runLoadIn(ep.cgroup, loadSpec{Mode: "crr", Target: target, Duration: d, Count: 200000})
+	crr, err := e.runLoadIn(ep.cgroup, loadSpec{Mode: "crr", Target: fmt.Sprintf("%s:%d", ep.host, crrPort), Duration: d, Count: 200000})
 	if err != nil {
 		return s, err
 	}
 	s.crr, s.connectP50, s.connectP99 = crr.Rate(), micros(crr.ConnectP50), micros(crr.ConnectP99)
-	rr, err := e.runLoadIn(ep.cgroup, loadSpec{Mode: "rr", Target: target, Duration: d})
+	rr, err := e.runLoadIn(ep.cgroup, loadSpec{Mode: "rr", Target: fmt.Sprintf("%s:%d", ep.host, rrPort), Duration: d})
 	if err != nil {
 		return s, err
 	}
@@ -133,11 +132,7 @@ func (e *env) measureEndpoint(ep endpoint, d time.Duration) (sample, error) {
 	if !ep.udp {
 		return s, nil
 	}
-	port := vipUDPPort
-	if ep.variant == Direct || ep.variant == DirectAfter {
-		port = udpPort
-	}
-	udpTarget := fmt.Sprintf("%s:%d", ep.host, port)
+	udpTarget := fmt.Sprintf("%s:%d", ep.host, udpPort)
 	for _, m := range []struct {
 		mode string
 		dst  *float64
@@ -265,10 +260,11 @@ func median(xs []float64) float64 {
 
 // startServers starts the backend (echo and iperf3) and the two proxies.
 func (e *env) startServers() error {
-	if err := e.startRole("backend", fmt.Sprintf("tcp:%s:%d", backendIP, rrPort), fmt.Sprintf("udp:%s:%d", backendIP, udpPort)); err != nil {
+	if err := e.startRole("backend", fmt.Sprintf("tcp:%s:%d", backendIP, rrPort), fmt.Sprintf("tcp:%s:%d", backendIP, crrPort), fmt.Sprintf("udp:%s:%d", backendIP, udpPort)); err != nil {
 		return err
 	}
-	iperf, err := e.command(context.Background(), "", "iperf3", "-s", "-B", backendIP, "-p", fmt.Sprint(bulkPort))
+	bin, args := e.onDataCPU("iperf3", "-s", "-B", backendIP, "-p", fmt.Sprint(bulkPort))
+	iperf, err := e.command(e.ctx, "", bin, args...)
 	if err != nil {
 		return err
 	}
@@ -279,7 +275,8 @@ func (e *env) startServers() error {
 	if err := os.WriteFile(conf, []byte(haproxyConfig()), 0o644); err != nil {
 		return fmt.Errorf("write haproxy config: %w", err)
 	}
-	hap, err := e.command(context.Background(), "", "haproxy", "-db", "-f", conf)
+	bin, args = e.onDataCPU("haproxy", "-db", "-f", conf)
+	hap, err := e.command(e.ctx, "", bin, args...)
 	if err != nil {
 		return err
 	}
@@ -287,19 +284,18 @@ func (e *env) startServers() error {
 	if _, err := e.start("haproxy", hap); err != nil {
 		return err
 	}
-	if err := e.startRole("goproxy",
-		fmt.Sprintf("%s:%d=%s:%d", goproxyIP, vipRRPort, backendIP, rrPort),
-		fmt.Sprintf("%s:%d=%s:%d", goproxyIP, bulkPort, backendIP, bulkPort)); err != nil {
+	var pairs []string
+	for _, port := range proxiedPorts {
+		pairs = append(pairs, fmt.Sprintf("%s:%d=%s:%d", goproxyIP, port, backendIP, port))
+	}
+	if err := e.startRole("goproxy", pairs...); err != nil {
 		return err
 	}
 	if err := waitListening(fmt.Sprintf("%s:%d", backendIP, bulkPort), 10*time.Second); err != nil {
 		return err
 	}
-	for _, addr := range []string{
-		fmt.Sprintf("%s:%d", haproxyIP, vipRRPort),
-		fmt.Sprintf("%s:%d", haproxyIP, bulkPort),
-	} {
-		if err := waitTCP(addr, 10*time.Second); err != nil {
+	for _, port := range []int{rrPort, crrPort} {
+		if err := waitTCP(fmt.Sprintf("%s:%d", haproxyIP, port), 10*time.Second); err != nil {
 			return err
 		}
 	}

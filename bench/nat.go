@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
+
+	"github.com/vishvananda/netlink"
 )
 
 // The kernel NAT variants, written the way kube-proxy writes them: nftables
@@ -27,18 +29,16 @@ func natVIPAt(i int) netip.Addr {
 func nftRuleset(vips int) string {
 	var b strings.Builder
 	b.WriteString("table ip sockmesh_bench {\n")
-	b.WriteString("  chain ep-rr { meta l4proto tcp dnat to " + backendIP + fmt.Sprintf(":%d", rrPort) + "; }\n")
-	b.WriteString("  chain ep-bulk { meta l4proto tcp dnat to " + backendIP + fmt.Sprintf(":%d", bulkPort) + "; }\n")
-	b.WriteString("  chain ep-udp { meta l4proto udp dnat to " + backendIP + fmt.Sprintf(":%d", udpPort) + "; }\n")
+	for _, p := range natPorts {
+		fmt.Fprintf(&b, "  chain ep-%s { meta l4proto %s dnat to %s:%d; }\n", p.name, p.proto, backendIP, p.port)
+		fmt.Fprintf(&b, "  chain svc-%s { numgen random mod 1 vmap { 0 : goto ep-%s }; }\n", p.name, p.name)
+	}
 	b.WriteString("  chain ep-decoy { meta l4proto tcp dnat to " + decoyIP + ":9; }\n")
-	b.WriteString("  chain svc-rr { numgen random mod 1 vmap { 0 : goto ep-rr }; }\n")
-	b.WriteString("  chain svc-bulk { numgen random mod 1 vmap { 0 : goto ep-bulk }; }\n")
-	b.WriteString("  chain svc-udp { numgen random mod 1 vmap { 0 : goto ep-udp }; }\n")
 	b.WriteString("  chain svc-decoy { numgen random mod 1 vmap { 0 : goto ep-decoy }; }\n")
 	b.WriteString("  map service-ips {\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {\n")
-	fmt.Fprintf(&b, "      %s . tcp . %d : goto svc-rr,\n", natVIP, vipRRPort)
-	fmt.Fprintf(&b, "      %s . tcp . %d : goto svc-bulk,\n", natVIP, bulkPort)
-	fmt.Fprintf(&b, "      %s . udp . %d : goto svc-udp,\n", natVIP, vipUDPPort)
+	for _, p := range natPorts {
+		fmt.Fprintf(&b, "      %s . %s . %d : goto svc-%s,\n", natVIP, p.proto, p.port, p.name)
+	}
 	for i := range vips - 1 {
 		fmt.Fprintf(&b, "      %s . tcp . 80 : goto svc-decoy,\n", natVIPAt(i))
 	}
@@ -54,8 +54,9 @@ func nftRuleset(vips int) string {
 func iptablesRules(vips int) string {
 	var b strings.Builder
 	b.WriteString("*nat\n:OUTPUT ACCEPT [0:0]\n")
-	for _, c := range []string{"KUBE-SERVICES", "KUBE-SVC-RR", "KUBE-SVC-BULK", "KUBE-SVC-UDP", "KUBE-SVC-DECOY", "KUBE-SEP-RR", "KUBE-SEP-BULK", "KUBE-SEP-UDP", "KUBE-SEP-DECOY"} {
-		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	b.WriteString(":KUBE-SERVICES - [0:0]\n:KUBE-SVC-DECOY - [0:0]\n:KUBE-SEP-DECOY - [0:0]\n")
+	for _, p := range natPorts {
+		fmt.Fprintf(&b, ":KUBE-SVC-%s - [0:0]\n:KUBE-SEP-%s - [0:0]\n", p.name, p.name)
 	}
 	b.WriteString("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n")
 	decoys := vips - 1
@@ -68,24 +69,28 @@ func iptablesRules(vips int) string {
 	if decoys == 0 {
 		writeDialledRules(&b)
 	}
-	for _, s := range []struct{ name, proto, to string }{
-		{"RR", "tcp", fmt.Sprintf("%s:%d", backendIP, rrPort)},
-		{"BULK", "tcp", fmt.Sprintf("%s:%d", backendIP, bulkPort)},
-		{"UDP", "udp", fmt.Sprintf("%s:%d", backendIP, udpPort)},
-		{"DECOY", "tcp", decoyIP + ":9"},
-	} {
-		fmt.Fprintf(&b, "-A KUBE-SVC-%s -j KUBE-SEP-%s\n", s.name, s.name)
-		fmt.Fprintf(&b, "-A KUBE-SEP-%s -p %s -m %s -j DNAT --to-destination %s\n", s.name, s.proto, s.proto, s.to)
+	for _, p := range natPorts {
+		fmt.Fprintf(&b, "-A KUBE-SVC-%s -j KUBE-SEP-%s\n", p.name, p.name)
+		fmt.Fprintf(&b, "-A KUBE-SEP-%s -p %s -m %s -j DNAT --to-destination %s:%d\n", p.name, p.proto, p.proto, backendIP, p.port)
 	}
+	b.WriteString("-A KUBE-SVC-DECOY -j KUBE-SEP-DECOY\n")
+	fmt.Fprintf(&b, "-A KUBE-SEP-DECOY -p tcp -m tcp -j DNAT --to-destination %s:9\n", decoyIP)
 	b.WriteString("COMMIT\n")
 	return b.String()
 }
 
 func writeDialledRules(b *strings.Builder) {
-	fmt.Fprintf(b, "-A KUBE-SERVICES -d %s/32 -p tcp -m tcp --dport %d -j KUBE-SVC-RR\n", natVIP, vipRRPort)
-	fmt.Fprintf(b, "-A KUBE-SERVICES -d %s/32 -p tcp -m tcp --dport %d -j KUBE-SVC-BULK\n", natVIP, bulkPort)
-	fmt.Fprintf(b, "-A KUBE-SERVICES -d %s/32 -p udp -m udp --dport %d -j KUBE-SVC-UDP\n", natVIP, vipUDPPort)
+	for _, p := range natPorts {
+		fmt.Fprintf(b, "-A KUBE-SERVICES -d %s/32 -p %s -m %s --dport %d -j KUBE-SVC-%s\n", natVIP, p.proto, p.proto, p.port, p.name)
+	}
 }
+
+// natPorts are the dialled service's ports, each its own kube "service
+// port" with one endpoint.
+var natPorts = []struct {
+	name, proto string
+	port        int
+}{{"RR", "tcp", rrPort}, {"CRR", "tcp", crrPort}, {"BULK", "tcp", bulkPort}, {"UDP", "udp", udpPort}}
 
 // natVariant loads and removes one NAT variant's rules.
 type natVariant struct {
@@ -99,7 +104,12 @@ var nftVariant = natVariant{
 	load: func(vips int) error {
 		return runInput(nftRuleset(vips), "nft", "-f", "-")
 	},
-	remove: func() error { return runInput("", "nft", "delete", "table", "ip", "sockmesh_bench") },
+	remove: func() error {
+		if err := runInput("", "nft", "delete", "table", "ip", "sockmesh_bench"); err != nil {
+			return err
+		}
+		return flushConntrack()
+	},
 }
 
 var iptVariant = natVariant{
@@ -109,7 +119,24 @@ var iptVariant = natVariant{
 	},
 	// Deleting the table, not flushing it: an empty nat table would keep
 	// connection tracking on.
-	remove: func() error { return runInput("", "nft", "delete", "table", "ip", "nat") },
+	remove: func() error {
+		if err := runInput("", "nft", "delete", "table", "ip", "nat"); err != nil {
+			return err
+		}
+		return flushConntrack()
+	},
+}
+
+// flushConntrack empties this namespace's connection tracking table. The
+// CRR client resets its connections and reuses ports at once; an entry
+// left from an earlier round would meet a new connection on the same
+// ports and stall it (SYN retransmits), an artefact of the harness, not
+// a cost a kube-proxy user pays.
+func flushConntrack() error {
+	if err := netlink.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
+		return fmt.Errorf("flush conntrack: %w", err)
+	}
+	return nil
 }
 
 func runInput(input, name string, args ...string) error {
@@ -129,25 +156,23 @@ func firstLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// proxiedPorts are the TCP ports the proxies carry (no UDP).
+var proxiedPorts = []int{rrPort, crrPort, bulkPort}
+
 // haproxyConfig is a plain TCP proxy in front of the backend's echo and
 // iperf3 ports.
 func haproxyConfig() string {
-	return fmt.Sprintf(`global
+	var b strings.Builder
+	b.WriteString(`global
     maxconn 8000
 defaults
     mode tcp
     timeout connect 5s
     timeout client 60s
     timeout server 60s
-frontend rr
-    bind %[1]s:%[2]d
-    default_backend rr
-backend rr
-    server b1 %[3]s:%[4]d
-frontend bulk
-    bind %[1]s:%[5]d
-    default_backend bulk
-backend bulk
-    server b1 %[3]s:%[5]d
-`, haproxyIP, vipRRPort, backendIP, rrPort, bulkPort)
+`)
+	for _, port := range proxiedPorts {
+		fmt.Fprintf(&b, "listen p%[2]d\n    bind %[1]s:%[2]d\n    server b1 %[3]s:%[2]d\n", haproxyIP, port, backendIP)
+	}
+	return b.String()
 }

@@ -30,9 +30,9 @@ func (e *env) measureScale(daemons []*daemon, plain string, rounds, count int, d
 		p50s[v][n] = append(p50s[v][n], float64(r.ConnectP50))
 		p99s[v][n] = append(p99s[v][n], float64(r.ConnectP99))
 	}
-	direct := fmt.Sprintf("%s:%d", backendIP, rrPort)
-	vip := fmt.Sprintf("%s:%d", sockmeshIP, vipRRPort)
-	natTarget := fmt.Sprintf("%s:%d", natVIP, vipRRPort)
+	direct := fmt.Sprintf("%s:%d", backendIP, crrPort)
+	vip := fmt.Sprintf("%s:%d", sockmeshIP, crrPort)
+	natTarget := fmt.Sprintf("%s:%d", natVIP, crrPort)
 	spec := func(target string) loadSpec {
 		return loadSpec{Mode: "crr", Target: target, Duration: d, Count: count}
 	}
@@ -111,16 +111,16 @@ func (e *env) measureHooks(daemons []*daemon, count int, d time.Duration) ([]hoo
 		return nil, err
 	}
 	out = append(out, floor)
-	direct := fmt.Sprintf("%s:%d", backendIP, rrPort)
+	direct := fmt.Sprintf("%s:%d", backendIP, crrPort)
 	for _, dm := range daemons {
 		for _, c := range []struct {
 			what, mode, target string
 			progs              []string
 			targets            []time.Duration
 		}{
-			{"VIP hit", "crr", fmt.Sprintf("%s:%d", sockmeshIP, vipRRPort), []string{"connect4"}, []time.Duration{200 * time.Nanosecond}},
+			{"VIP hit", "crr", fmt.Sprintf("%s:%d", sockmeshIP, crrPort), []string{"connect4"}, []time.Duration{200 * time.Nanosecond}},
 			{"miss (not a VIP)", "crr", direct, []string{"connect4"}, []time.Duration{100 * time.Nanosecond}},
-			{"unconnected UDP to a VIP", "udp-unconn", fmt.Sprintf("%s:%d", sockmeshIP, vipUDPPort), []string{"sendmsg4", "recvmsg4"}, []time.Duration{0, 0}},
+			{"unconnected UDP to a VIP", "udp-unconn", fmt.Sprintf("%s:%d", sockmeshIP, udpPort), []string{"sendmsg4", "recvmsg4"}, []time.Duration{0, 0}},
 		} {
 			before, err := dm.hookStats()
 			if err != nil {
@@ -171,7 +171,7 @@ func (e *env) emptyHookFloor(count int, d time.Duration) (hookCost, error) {
 		return hookCost{}, fmt.Errorf("attach empty program: %w", err)
 	}
 	defer l.Close()
-	if _, err := e.runLoadIn(cg, loadSpec{Mode: "crr", Target: fmt.Sprintf("%s:%d", backendIP, rrPort), Duration: d, Count: count}); err != nil {
+	if _, err := e.runLoadIn(cg, loadSpec{Mode: "crr", Target: fmt.Sprintf("%s:%d", backendIP, crrPort), Duration: d, Count: count}); err != nil {
 		return hookCost{}, err
 	}
 	st, err := prog.Stats()

@@ -15,9 +15,9 @@ import (
 )
 
 // runBackend is the backend role: args are "tcp:ADDR" (echo every byte
-// back until the client closes: serves CRR and RR) and "udp:ADDR" (echo
-// every datagram). It prints "ready" once every socket listens and runs
-// until killed.
+// back until the client closes or resets the connection: RR and CRR) and
+// "udp:ADDR" (echo every datagram). It prints "ready" once
+// every socket listens and runs until killed.
 func runBackend(args []string) error {
 	for _, a := range args {
 		proto, addr, _ := strings.Cut(a, ":")
@@ -50,7 +50,10 @@ func readyAndWait() error {
 }
 
 // serveEcho echoes on every accepted connection, a goroutine each: the
-// one-byte echo of netperf's TCP_RR and TCP_CRR servers.
+// one-byte echo of netperf's TCP_RR and TCP_CRR servers. The server never
+// closes first: a CRR client resets the connection, and a reset racing a
+// server's FIN is dropped by connection tracking as out of window, leaving
+// the server's socket to stall a later connect from the same port.
 func serveEcho(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
