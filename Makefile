@@ -60,7 +60,7 @@ fuzz: ## Fuzz the service-file parser, the DNS handler and its fast path, FUZZTI
 	go test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./dnsstub
 	go test -run '^$$' -fuzz '^FuzzFastPath$$' -fuzztime $(FUZZTIME) ./dnsstub
 
-bench: deps sockmesh ## Run the benchmarks (about 10 min): the harness writes bench/results/<date>.md and .png; then the package benchmarks.
+bench: deps sockmesh ## Run the benchmarks as root (about 8 min): the harness writes bench/results/<date>.md and .png; then the package benchmarks.
 	go run ./bench -sockmesh ./sockmesh -out bench/results
 	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry ./cmd/sockmesh
 
