@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/miekg/dns"
@@ -108,15 +107,9 @@ func (e *env) controlPlane(d *daemon, files int) (ctlResult, error) {
 	if err != nil {
 		return ctlResult{}, err
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return ctlResult{}, fmt.Errorf("control plane on %d services: %v: %s", d.services, err, strings.TrimSpace(stderr.String()))
-	}
 	var res ctlResult
-	if err := json.Unmarshal(out, &res); err != nil {
-		return ctlResult{}, fmt.Errorf("parse control-plane result: %w", err)
+	if err := outputJSON(cmd, &res); err != nil {
+		return ctlResult{}, fmt.Errorf("control plane on %d services: %w", d.services, err)
 	}
 	return res, nil
 }

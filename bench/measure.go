@@ -24,15 +24,9 @@ func (e *env) runLoadIn(cgroup string, spec loadSpec) (loadResult, error) {
 	if err != nil {
 		return loadResult{}, err
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return loadResult{}, fmt.Errorf("%s load to %s: %v: %s", spec.Mode, spec.Target, err, strings.TrimSpace(stderr.String()))
-	}
 	var res loadResult
-	if err := json.Unmarshal(out, &res); err != nil {
-		return loadResult{}, fmt.Errorf("parse load result %q: %w", out, err)
+	if err := outputJSON(cmd, &res); err != nil {
+		return loadResult{}, fmt.Errorf("%s load to %s: %w", spec.Mode, spec.Target, err)
 	}
 	if res.Ops == 0 {
 		return loadResult{}, fmt.Errorf("%s load to %s: no transaction completed", spec.Mode, spec.Target)
@@ -41,6 +35,21 @@ func (e *env) runLoadIn(cgroup string, spec loadSpec) (loadResult, error) {
 		return loadResult{}, fmt.Errorf("%s load to %s: %d of %d replies came from another address than the one dialled", spec.Mode, spec.Target, res.Mismatched, res.Ops)
 	}
 	return res, nil
+}
+
+// outputJSON runs a role and decodes what it prints into v; a failure
+// carries the role's stderr.
+func outputJSON(cmd *exec.Cmd, v any) error {
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	if err := json.Unmarshal(out, v); err != nil {
+		return fmt.Errorf("parse result %q: %w", out, err)
+	}
+	return nil
 }
 
 // runIperf runs one iperf3 stream in cgroup and returns bits per second

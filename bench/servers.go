@@ -55,6 +55,23 @@ func readyAndWait() error {
 // server's FIN is dropped by connection tracking as out of window, leaving
 // the server's socket to stall a later connect from the same port.
 func serveEcho(ln net.Listener) {
+	acceptEach(ln, func(c net.Conn) {
+		buf := make([]byte, 64)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// acceptEach serves every connection ln accepts with serve, in a
+// goroutine of its own, and closes it after.
+func acceptEach(ln net.Listener, serve func(net.Conn)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -62,16 +79,7 @@ func serveEcho(ln net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			buf := make([]byte, 64)
-			for {
-				n, err := c.Read(buf)
-				if err != nil {
-					return
-				}
-				if _, err := c.Write(buf[:n]); err != nil {
-					return
-				}
-			}
+			serve(c)
 		}()
 	}
 }
@@ -129,27 +137,20 @@ func runGoProxy(args []string) error {
 }
 
 func proxy(ln net.Listener, upstream string) {
-	for {
-		c, err := ln.Accept()
+	acceptEach(ln, func(c net.Conn) {
+		u, err := net.Dial("tcp", upstream)
 		if err != nil {
 			return
 		}
+		defer u.Close()
+		done := make(chan struct{})
 		go func() {
-			defer c.Close()
-			u, err := net.Dial("tcp", upstream)
-			if err != nil {
-				return
-			}
-			defer u.Close()
-			done := make(chan struct{})
-			go func() {
-				io.Copy(u, c)
-				u.(*net.TCPConn).CloseWrite()
-				close(done)
-			}()
-			io.Copy(c, u)
-			c.(*net.TCPConn).CloseWrite()
-			<-done
+			io.Copy(u, c)
+			u.(*net.TCPConn).CloseWrite()
+			close(done)
 		}()
-	}
+		io.Copy(c, u)
+		c.(*net.TCPConn).CloseWrite()
+		<-done
+	})
 }
