@@ -116,9 +116,9 @@ type Handler struct {
 	zone  atomic.Pointer[zone]
 	fwd   atomic.Pointer[forwarder] // nil: nothing is forwarded
 	stats counters
-	// pending is the latest service set Publish was given and no build
+	// pending makes the latest service set Publish was given, which no build
 	// took yet; building is true while a goroutine builds.
-	pending  atomic.Pointer[[]Service]
+	pending  atomic.Pointer[func() []Service]
 	building atomic.Bool
 }
 
@@ -165,7 +165,15 @@ func (h *Handler) Update(services []Service) {
 // progress is followed by one of the latest services published, skipping
 // those in between. Answers never go back to an older set.
 func (h *Handler) Publish(services []Service) {
-	h.pending.Store(&services)
+	h.PublishFrom(func() []Service { return services })
+}
+
+// PublishFrom is Publish of the services list returns, called in the
+// background: a caller whose conversion to Services costs time per
+// service hands that over too. A list skipped for a later one is never
+// made.
+func (h *Handler) PublishFrom(list func() []Service) {
+	h.pending.Store(&list)
 	if h.building.CompareAndSwap(false, true) {
 		go h.buildPending()
 	}
@@ -174,7 +182,7 @@ func (h *Handler) Publish(services []Service) {
 func (h *Handler) buildPending() {
 	for {
 		if p := h.pending.Swap(nil); p != nil {
-			h.Update(*p)
+			h.Update((*p)())
 			continue
 		}
 		h.building.Store(false)

@@ -138,13 +138,14 @@ func parseAddrPort(s string, defaultPort uint16) (netip.AddrPort, error) {
 func publishDNS(h *dnsstub.Handler) func(*registry.Snapshot) {
 	var first sync.Once
 	return func(s *registry.Snapshot) {
-		services := dnsServices(s)
 		// The first snapshot is built before the registry reports ready,
-		// so the stub starts listening with every name in place.
+		// so the stub starts listening with every name in place. Later
+		// ones are converted and built off the registry's loop (a
+		// snapshot never changes once published).
 		built := false
-		first.Do(func() { h.Update(services); built = true })
+		first.Do(func() { h.Update(dnsServices(s)); built = true })
 		if !built {
-			h.Publish(services)
+			h.PublishFrom(func() []dnsstub.Service { return dnsServices(s) })
 		}
 	}
 }
