@@ -324,17 +324,18 @@ func (e *env) command(ctx context.Context, cgroup, name string, args ...string) 
 
 // role prepares this program's role name with args.
 func (e *env) role(ctx context.Context, cgroup, name string, args ...string) (*exec.Cmd, error) {
-	cmd, err := e.command(ctx, cgroup, e.self, args...)
-	if err != nil {
-		return nil, err
-	}
-	cmd.Env = append(os.Environ(), envRole+"="+name, "GODEBUG=asyncpreemptoff=1")
-	return cmd, nil
+	return e.roleCommand(ctx, cgroup, name, e.self, args)
 }
 
 // dataRole is role pinned to the data CPU.
 func (e *env) dataRole(ctx context.Context, cgroup, name string, args ...string) (*exec.Cmd, error) {
 	bin, argv := e.onDataCPU(e.self, args...)
+	return e.roleCommand(ctx, cgroup, name, bin, argv)
+}
+
+// roleCommand prepares bin argv (this program, perhaps behind taskset) to
+// run role name.
+func (e *env) roleCommand(ctx context.Context, cgroup, name, bin string, argv []string) (*exec.Cmd, error) {
 	cmd, err := e.command(ctx, cgroup, bin, argv...)
 	if err != nil {
 		return nil, err

@@ -19,11 +19,12 @@ import (
 // summing the CPUs.
 type percpuCounters struct{ m *ebpf.Map }
 
-func (t percpuCounters) Put(uint32, counterValue) error {
-	return errors.New("write counters: the pinned counter map is from an earlier version")
-}
+// errOldCounters refuses writes: an earlier version's map is only read.
+var errOldCounters = errors.New("write counters: the pinned counter map is from an earlier version")
 
-func (t percpuCounters) Delete(uint32) error { return t.Put(0, counterValue{}) }
+func (t percpuCounters) Put(uint32, counterValue) error { return errOldCounters }
+
+func (t percpuCounters) Delete(uint32) error { return errOldCounters }
 
 func (t percpuCounters) All() (map[uint32]counterValue, error) {
 	out := make(map[uint32]counterValue)
