@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Proto is a transport protocol a service listens on.
@@ -64,11 +65,52 @@ func (k ServiceKey) compare(o ServiceKey) int {
 	return cmp.Compare(k.Proto, o.Proto)
 }
 
+// BackendState is whether a backend takes new connections.
+type BackendState uint8
+
+// The states of a backend. New connections go to active backends; when
+// none is active, to draining ones; when none is either, the connect fails
+// with ECONNREFUSED. Existing connections are never moved.
+const (
+	// Active backends take new connections.
+	Active BackendState = iota
+	// Draining backends keep their connections but take new ones only
+	// while the service has no active backend.
+	Draining
+	// Down backends take nothing new (a failed health check, or an
+	// operator's choice).
+	Down
+)
+
+func (s BackendState) String() string {
+	switch s {
+	case Active:
+		return "active"
+	case Draining:
+		return "draining"
+	case Down:
+		return "down"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// ParseBackendState parses "active", "draining" or "down".
+func ParseBackendState(s string) (BackendState, error) {
+	for _, st := range []BackendState{Active, Draining, Down} {
+		if s == st.String() {
+			return st, nil
+		}
+	}
+	return 0, fmt.Errorf("parse backend state %q: want active, draining or down", s)
+}
+
 // Backend is one destination of a service.
 type Backend struct {
 	Addr netip.AddrPort
 	// Weight is the backend's share relative to the others; 0 means 1.
 	Weight uint16
+	// State says whether the backend takes new connections.
+	State BackendState
 }
 
 func (b Backend) weight() uint32 {
@@ -77,6 +119,83 @@ func (b Backend) weight() uint32 {
 	}
 	return uint32(b.Weight)
 }
+
+// Policy is how a service picks the backend of a new connection.
+type Policy uint8
+
+// The load-balancing policies. Every policy honours weights. An
+// unconnected UDP socket keeps sending to one backend while the backend set
+// holds, whatever the policy (random and round-robin pick it per socket).
+const (
+	// Random picks a backend at random for each connection.
+	Random Policy = iota
+	// RoundRobin takes the backends in turn, weights interleaved.
+	RoundRobin
+	// Maglev hashes the client (see ClientKey) into a Maglev lookup
+	// table: a client keeps its backend, and removing one of N backends
+	// moves only about 1/N of the clients.
+	Maglev
+)
+
+func (p Policy) String() string {
+	switch p {
+	case Random:
+		return "random"
+	case RoundRobin:
+		return "round-robin"
+	case Maglev:
+		return "maglev"
+	}
+	return fmt.Sprintf("policy(%d)", uint8(p))
+}
+
+// ParsePolicy parses "random", "round-robin" or "maglev".
+func ParsePolicy(s string) (Policy, error) {
+	for _, p := range []Policy{Random, RoundRobin, Maglev} {
+		if s == p.String() {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("parse policy %q: want random, round-robin or maglev", s)
+}
+
+// ClientKey is what identifies a client to Maglev and to affinity.
+type ClientKey uint8
+
+// The client keys.
+const (
+	// ClientCgroup is the connecting process's cgroup v2 id.
+	ClientCgroup ClientKey = iota
+	// ClientNetns is the socket's network namespace cookie.
+	ClientNetns
+)
+
+func (k ClientKey) String() string {
+	switch k {
+	case ClientCgroup:
+		return "cgroup"
+	case ClientNetns:
+		return "netns"
+	}
+	return fmt.Sprintf("client(%d)", uint8(k))
+}
+
+// ParseClientKey parses "cgroup" or "netns".
+func ParseClientKey(s string) (ClientKey, error) {
+	for _, k := range []ClientKey{ClientCgroup, ClientNetns} {
+		if s == k.String() {
+			return k, nil
+		}
+	}
+	return 0, fmt.Errorf("parse client key %q: want cgroup or netns", s)
+}
+
+// DefaultMaglevTable is the Maglev lookup table size when a service sets
+// none: a prime, at least 100 entries per backend for up to 10 backends.
+const DefaultMaglevTable = 1021
+
+// MaglevTables are the table sizes a Maglev service may use (primes).
+var MaglevTables = []int{251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521}
 
 // Service is one (VIP, port, protocol) and the backends behind it. A service
 // with no backends refuses connections (ECONNREFUSED) without sending a
@@ -88,6 +207,22 @@ type Service struct {
 	// addresses report the VIP instead (for backends that announce their
 	// own address).
 	LocalName bool
+	// Policy picks the backend of each new connection.
+	Policy Policy
+	// Client identifies a client to Maglev and to Affinity.
+	Client ClientKey
+	// MaglevTable is the Maglev table size (one of MaglevTables); 0 means
+	// DefaultMaglevTable. Ignored by the other policies.
+	MaglevTable int
+	// Affinity, when positive, sends a client's new connections to the
+	// backend it last got, for as long as it keeps connecting within
+	// Affinity of its last connection and that backend still takes new
+	// connections.
+	Affinity time.Duration
+	// CloseConnections asks that, when a backend is removed or goes down,
+	// the TCP connections made to it through this service be reset as
+	// well. Connected UDP sockets are always closed (see ApplyStats.Gone).
+	CloseConnections bool
 }
 
 // Limits of the datapath maps, checked by Apply before it writes anything.

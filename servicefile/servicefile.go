@@ -13,7 +13,9 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
+	"sockmesh/health"
 	"sockmesh/lb"
 )
 
@@ -32,6 +34,18 @@ type Service struct {
 	Backends []Backend
 	// LocalName makes getsockname on a backend's socket report the VIP.
 	LocalName bool
+	// Health is how the backends are checked; nil: not checked (every
+	// backend is taken as up).
+	Health *health.Check
+	// Policy, Client, MaglevTable and Affinity say how a backend is
+	// picked (see lb.Service).
+	Policy      lb.Policy
+	Client      lb.ClientKey
+	MaglevTable int
+	Affinity    time.Duration
+	// CloseConnections resets the TCP connections of a backend that is
+	// removed or goes down; otherwise they are left to finish.
+	CloseConnections bool
 
 	// Where each part was written, for errors found later.
 	NamePos Pos
@@ -83,6 +97,10 @@ type Backend struct {
 	// Ports maps a service port (by name or number, as written) to the
 	// backend port that serves it, overriding Port.
 	Ports map[string]uint16
+	// State is the operator's state for the backend: active (default),
+	// draining or down. A failed health check takes an active or
+	// draining backend down; it never brings one up.
+	State lb.BackendState
 	Pos   Pos
 }
 
