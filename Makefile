@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # exact compiler so the output is the same on every machine of this kind.
 BPF_CLANG ?= clang-14
 BPF_STRIP ?= llvm-strip-14
-BPF_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu
+BPF_CFLAGS := -O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/$(shell uname -m)-linux-gnu
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GO_TEST_FLAGS ?= -count=1
 

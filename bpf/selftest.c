@@ -10,6 +10,8 @@ struct select_args {
 	/* in */
 	struct svc_key key;
 	__u32 entropy;
+	__u32 rr; /* use ticket (round-robin) instead of entropy */
+	__u64 ticket;
 	/* out */
 	__u32 result; /* enum select_result */
 	__u32 svc_id;
@@ -27,7 +29,8 @@ int sm_select(struct select_args *args)
 
 	master = lookup_master(&key);
 	if (master)
-		args->result = select_backend(&key, master, args->entropy, &be,
+		args->result = select_backend(&key, master, args->entropy,
+					      args->rr, args->ticket, &be,
 					      &svc_id, &backend_id);
 	else
 		args->result = SELECT_MISS;

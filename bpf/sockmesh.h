@@ -38,6 +38,23 @@
 
 /* Master flags. */
 #define SVC_F_LOCAL_NAME (1U << 0) /* getsockname of a backend shows the VIP */
+#define SVC_F_POLICY_SHIFT 1
+#define SVC_F_POLICY_MASK (3U << SVC_F_POLICY_SHIFT) /* enum policy */
+#define SVC_F_CLIENT_NETNS (1U << 3) /* clients are netns cookies, not cgroups */
+#define SVC_F_AFFINITY (1U << 4)     /* sm_svc_opts holds an affinity timeout */
+
+/* How a service picks a backend (master flags, SVC_F_POLICY_MASK). The
+ * slot set is laid out for the policy by the control plane: weighted for
+ * random, interleaved in turn order for round-robin, the Maglev lookup
+ * table for maglev. */
+enum policy {
+	POLICY_RANDOM = 0,
+	POLICY_ROUND_ROBIN = 1, /* slot = ticket % count, tickets in sm_svc_opts */
+	POLICY_MAGLEV = 2,      /* slot from a hash of the client */
+};
+
+/* Exclusions: at most this many cgroup subtrees and uids. */
+#define EXCLUDE_MAX 8
 
 /* How often the selection re-reads a master whose slot or backend vanished
  * under it (the control plane deleted an old region right after a flip). */
@@ -71,6 +88,42 @@ struct backend {
 	__u8 family;   /* AF_INET or AF_INET6 */
 	__u8 pad;
 	__u32 svc_id; /* the service this backend belongs to */
+};
+
+/* Per-service state beyond the master entry, for round-robin and affinity
+ * services only (SVC_F_POLICY round-robin or SVC_F_AFFINITY). */
+struct svc_opts {
+	__u64 rr_next;     /* round-robin: the next ticket (atomic add) */
+	__u64 affinity_ns; /* affinity: how long a client keeps its backend */
+};
+
+/* Affinity: a client of a service and the backend it last got. */
+struct affinity_key {
+	__u64 client; /* cgroup id or netns cookie (SVC_F_CLIENT_NETNS) */
+	__u32 svc_id;
+	__u32 pad;
+};
+
+struct affinity_value {
+	__u64 last_ns; /* bpf_ktime_get_ns of the client's last connection */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* A cgroup subtree: a process is in it if its ancestor at level is id. */
+struct exclude_cgroup {
+	__u64 id;
+	__u32 level; /* the root cgroup is level 0 */
+	__u32 pad;
+};
+
+/* Clients whose traffic is never load-balanced (sidecars, proxies that
+ * must reach a VIP itself): their connects and sends go out unchanged. */
+struct exclude {
+	__u32 ncgroups;
+	__u32 nuids;
+	struct exclude_cgroup cgroups[EXCLUDE_MAX];
+	__u32 uids[EXCLUDE_MAX];
 };
 
 /* Prefixes per bank of the VIP filter, per family. */
@@ -196,6 +249,35 @@ struct {
 	__type(key, __u32);
 	__type(value, struct vip_filter);
 } sm_vip_filter SEC(".maps");
+
+/* Round-robin tickets and affinity timeouts, one entry per service id that
+ * needs them (written before the master that sets the flag). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct svc_opts);
+} sm_svc_opts SEC(".maps");
+
+/* Affinity entries: an LRU, so clients that stopped connecting age out
+ * whatever their timeout. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+} sm_affinity SEC(".maps");
+
+/* The exclusions: one entry, written by the control plane. An array value
+ * is updated in place: a connect racing the update may see a mix of the
+ * old and new lists, for that one connect. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exclude);
+} sm_exclude SEC(".maps");
 
 /* Keeps the compiler from merging or reordering ctx loads. */
 #define barrier() asm volatile("" ::: "memory")
@@ -327,8 +409,10 @@ static __always_inline struct svc_value *lookup_master(struct svc_key *key)
 }
 
 /* select_backend picks the backend of the service whose master entry the
- * caller found, in slot entropy*count/2^32 (a multiply-shift instead of a
- * modulo: no division, no bias worth naming). key->slot is clobbered.
+ * caller found: in slot ticket % count for round-robin (rr set: exactly
+ * even over count consecutive tickets), else in slot entropy*count/2^32 (a
+ * multiply-shift instead of a modulo: no division, no bias worth naming).
+ * key->slot is clobbered.
  *
  * A slot or backend can vanish between reading the master and reading it
  * (the control plane deletes an old region right after flipping the
@@ -336,7 +420,8 @@ static __always_inline struct svc_value *lookup_master(struct svc_key *key)
  * (a constant-bounded loop: the verifier walks it, kernels >= 5.3). */
 static __always_inline enum select_result
 select_backend(struct svc_key *key, struct svc_value *master, __u32 entropy,
-	       struct backend *out, __u32 *svc_id, __u32 *backend_id)
+	       int rr, __u64 ticket, struct backend *out, __u32 *svc_id,
+	       __u32 *backend_id)
 {
 	int i;
 
@@ -356,7 +441,11 @@ select_backend(struct svc_key *key, struct svc_value *master, __u32 entropy,
 		if (count == 0)
 			return SELECT_REFUSE;
 
-		key->slot = base + 1 + (__u32)(((__u64)entropy * count) >> 32);
+		if (rr) /* count != 0 here; the verifier also accepts it bare */
+			key->slot = base + 1 + (__u32)(ticket % count);
+		else
+			key->slot = base + 1 +
+				    (__u32)(((__u64)entropy * count) >> 32);
 		slot = bpf_map_lookup_elem(&sm_services, key);
 		if (!slot)
 			continue;
@@ -375,6 +464,107 @@ select_backend(struct svc_key *key, struct svc_value *master, __u32 entropy,
 static __always_inline __u32 socket_entropy(__u64 cookie)
 {
 	return (__u32)((cookie * 0x9E3779B97F4A7C15ULL) >> 32);
+}
+
+/* client_hash spreads a client id (cgroup ids are small and sequential)
+ * over 32 bits, salted with the service so that two services do not put
+ * the same clients together (splitmix64's finalizer). */
+static __always_inline __u32 client_hash(__u64 client, __u32 svc_id)
+{
+	__u64 h = client ^ ((__u64)svc_id << 32);
+
+	h ^= h >> 30;
+	h *= 0xBF58476D1CE4E5B9ULL;
+	h ^= h >> 27;
+	h *= 0x94D049BB133111EBULL;
+	h ^= h >> 31;
+	return (__u32)h;
+}
+
+/* client_id is what identifies the client to Maglev and affinity: the
+ * calling task's cgroup v2 id, or the socket's netns cookie. */
+static __always_inline __u64 client_id(struct bpf_sock_addr *ctx, __u32 flags)
+{
+	if (flags & SVC_F_CLIENT_NETNS)
+		return bpf_get_netns_cookie(ctx);
+	return bpf_get_current_cgroup_id();
+}
+
+/* excluded reports whether the caller is in an excluded cgroup subtree or
+ * runs as an excluded uid. Only called on a VIP hit.
+ *
+ * Verifier: the loops have constant bounds and break on the runtime
+ * counts, so they unroll; cgroups[i] and uids[i] index with a constant. */
+static __always_inline int excluded(void)
+{
+	__u32 zero = 0, uid;
+	struct exclude *x = bpf_map_lookup_elem(&sm_exclude, &zero);
+	int i;
+
+	if (!x || (x->ncgroups | x->nuids) == 0)
+		return 0;
+	for (i = 0; i < EXCLUDE_MAX; i++) {
+		if (i >= x->ncgroups)
+			break;
+		if (bpf_get_current_ancestor_cgroup_id(x->cgroups[i].level) ==
+		    x->cgroups[i].id)
+			return 1;
+	}
+	if (x->nuids == 0)
+		return 0;
+	uid = (__u32)bpf_get_current_uid_gid();
+	for (i = 0; i < EXCLUDE_MAX; i++) {
+		if (i >= x->nuids)
+			break;
+		if (x->uids[i] == uid)
+			return 1;
+	}
+	return 0;
+}
+
+/* affinity_lookup finds the backend the client last got from the service,
+ * if that was within timeout_ns, and checks it against the current backend
+ * set: the control plane keeps in sm_backends exactly the backends of the
+ * live slot set, so a backend that was removed, went down or started
+ * draining is not found (or belongs to another service id) and the client
+ * is balanced afresh. */
+static __always_inline int affinity_lookup(__u32 svc_id, __u64 client,
+					   __u64 timeout_ns, struct backend *out,
+					   __u32 *backend_id)
+{
+	struct affinity_key ak = {};
+	struct affinity_value *av;
+	struct backend *be;
+	__u64 now;
+
+	ak.client = client;
+	ak.svc_id = svc_id;
+	av = bpf_map_lookup_elem(&sm_affinity, &ak);
+	if (!av)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now - av->last_ns > timeout_ns)
+		return 0;
+	*backend_id = av->backend_id;
+	be = bpf_map_lookup_elem(&sm_backends, backend_id);
+	if (!be || be->svc_id != svc_id)
+		return 0;
+	av->last_ns = now; /* a plain store: racing clients write near-equal times */
+	*out = *be;
+	return 1;
+}
+
+static __always_inline void affinity_remember(__u32 svc_id, __u64 client,
+					      __u32 backend_id)
+{
+	struct affinity_key ak = {};
+	struct affinity_value av = {};
+
+	ak.client = client;
+	ak.svc_id = svc_id;
+	av.last_ns = bpf_ktime_get_ns();
+	av.backend_id = backend_id;
+	bpf_map_update_elem(&sm_affinity, &ak, &av, BPF_ANY);
 }
 
 static __always_inline void fill_rev(struct rev_value *rev,
@@ -444,9 +634,12 @@ static __always_inline int translate_forward(struct bpf_sock_addr *ctx, int v6,
 {
 	struct svc_key key = {};
 	struct svc_value *master;
+	struct svc_opts *opts = NULL;
 	struct backend be;
-	__u32 svc_id = 0, backend_id = 0, entropy;
+	__u32 svc_id = 0, backend_id = 0, entropy = 0, flags, policy;
 	__u32 proto;
+	__u64 client = 0, ticket = 0;
+	int rr = 0;
 	enum select_result res;
 
 	read_user_addr(ctx, v6, key.addr);
@@ -460,15 +653,45 @@ static __always_inline int translate_forward(struct bpf_sock_addr *ctx, int v6,
 	master = lookup_master(&key);
 	if (!master)
 		return 1;
+	if (excluded())
+		return 1;
 
-	if (proto == IPPROTO_TCP)
+	flags = master->flags;
+	svc_id = master->id;
+	policy = (flags & SVC_F_POLICY_MASK) >> SVC_F_POLICY_SHIFT;
+	if (policy == POLICY_MAGLEV || (flags & SVC_F_AFFINITY))
+		client = client_id(ctx, flags);
+	if (policy == POLICY_ROUND_ROBIN || (flags & SVC_F_AFFINITY))
+		opts = bpf_map_lookup_elem(&sm_svc_opts, &svc_id);
+	if ((flags & SVC_F_AFFINITY) && opts &&
+	    affinity_lookup(svc_id, client, opts->affinity_ns, &be,
+			    &backend_id)) {
+		res = SELECT_OK;
+		goto chosen;
+	}
+
+	if (policy == POLICY_MAGLEV) {
+		entropy = client_hash(client, svc_id);
+	} else if (policy == POLICY_ROUND_ROBIN && hook == HOOK_CONNECT &&
+		   opts) {
+		/* BPF_ATOMIC_FETCH_ADD (needs -mcpu=v3): each connect gets
+		 * its own ticket, whatever the CPU. */
+		ticket = __sync_fetch_and_add(&opts->rr_next, 1);
+		rr = 1;
+	} else if (proto == IPPROTO_TCP) {
 		entropy = bpf_get_prandom_u32();
-	else
+	} else {
+		/* UDP: one backend per socket while the set holds. */
 		entropy = socket_entropy(bpf_get_socket_cookie(ctx));
+	}
 
-	res = select_backend(&key, master, entropy, &be, &svc_id, &backend_id);
+	res = select_backend(&key, master, entropy, rr, ticket, &be, &svc_id,
+			     &backend_id);
 	if (res == SELECT_MISS)
 		return 1;
+	if (res == SELECT_OK && (flags & SVC_F_AFFINITY))
+		affinity_remember(svc_id, client, backend_id);
+chosen:
 	/* An AF_INET socket cannot reach an IPv6 backend; the control plane
 	 * never gives an IPv4 VIP one, but the program does not rely on it. */
 	if (res == SELECT_OK && !v6 && be.family != AF_INET)

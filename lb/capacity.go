@@ -12,6 +12,7 @@ type Limits struct {
 	Backends       int // sm_backends: one entry per backend of each service
 	Counters       int // sm_counters: one per service and one per backend
 	LocalNames     int // sm_local_names: one per backend of a local-name service
+	Options        int // sm_svc_opts: one per round-robin or affinity service
 }
 
 // DefaultLimits are the map sizes Open uses when Options leave them zero.
@@ -26,6 +27,7 @@ func DefaultLimits() (Limits, error) {
 		Backends:       size("sm_backends"),
 		Counters:       size("sm_counters"),
 		LocalNames:     size("sm_local_names"),
+		Options:        size("sm_svc_opts"),
 	}, nil
 }
 
@@ -54,19 +56,22 @@ func (d *Datapath) Limits() Limits {
 // changed service's new slots before deleting its old ones, so the set
 // needs room for the largest service twice.
 type Usage struct {
-	ServiceEntries, Backends, Counters, LocalNames int
+	ServiceEntries, Backends, Counters, LocalNames, Options int
 	// Peak is the largest slot count of one service.
 	Peak int
 }
 
 // Add counts one service.
 func (u *Usage) Add(s Service) {
-	n := slotCount(s.Backends)
+	n := s.slotsNeeded()
 	u.ServiceEntries += 1 + n
 	u.Backends += len(s.Backends)
 	u.Counters += 1 + len(s.Backends)
 	if s.LocalName {
 		u.LocalNames += len(s.Backends)
+	}
+	if s.needsOpts() {
+		u.Options++
 	}
 	u.Peak = max(u.Peak, n)
 }
@@ -92,6 +97,9 @@ func (u Usage) Fits(l Limits) error {
 	if need := u.Counters + u.Peak; need > l.Counters {
 		errs = append(errs, fmt.Errorf("services need %d counters, the map holds %d", need, l.Counters))
 	}
+	if need := u.Options; l.Options > 0 && need > l.Options {
+		errs = append(errs, fmt.Errorf("round-robin and affinity services need %d option entries, the map holds %d", need, l.Options))
+	}
 	if need := u.LocalNames; need > l.LocalNames {
 		errs = append(errs, fmt.Errorf("services with local names need %d local-name entries, the map holds %d", need, l.LocalNames))
 	}
@@ -115,11 +123,14 @@ func Validate(services []Service, l Limits) error {
 // Remove uncounts a service counted with Add. Peak stays: it is an upper
 // bound, which errs on the side of refusing.
 func (u *Usage) Remove(s Service) {
-	n := slotCount(s.Backends)
+	n := s.slotsNeeded()
 	u.ServiceEntries -= 1 + n
 	u.Backends -= len(s.Backends)
 	u.Counters -= 1 + len(s.Backends)
 	if s.LocalName {
 		u.LocalNames -= len(s.Backends)
+	}
+	if s.needsOpts() {
+		u.Options--
 	}
 }

@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type connectAffinityKey struct {
+	_      structs.HostLayout
+	Client uint64
+	SvcId  uint32
+	Pad    uint32
+}
+
+type connectAffinityValue struct {
+	_         structs.HostLayout
+	LastNs    uint64
+	BackendId uint32
+	Pad       uint32
+}
+
 type connectBackend struct {
 	_      structs.HostLayout
 	Addr   [4]uint32
@@ -26,6 +40,19 @@ type connectCounters struct {
 	_            structs.HostLayout
 	Translations uint64
 	Refused      uint64
+}
+
+type connectExclude struct {
+	_        structs.HostLayout
+	Ncgroups uint32
+	Nuids    uint32
+	Cgroups  [8]struct {
+		_     structs.HostLayout
+		Id    uint64
+		Level uint32
+		Pad   uint32
+	}
+	Uids [8]uint32
 }
 
 type connectLocalKey struct {
@@ -69,6 +96,12 @@ type connectSvcKey struct {
 	Slot  uint32
 }
 
+type connectSvcOpts struct {
+	_          structs.HostLayout
+	RrNext     uint64
+	AffinityNs uint64
+}
+
 type connectSvcValue struct {
 	_     structs.HostLayout
 	Id    uint32
@@ -95,11 +128,14 @@ type connectVipFilter struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	connectMapSmAffinity   = "sm_affinity"
 	connectMapSmBackends   = "sm_backends"
 	connectMapSmCounters   = "sm_counters"
+	connectMapSmExclude    = "sm_exclude"
 	connectMapSmLocalNames = "sm_local_names"
 	connectMapSmRev        = "sm_rev"
 	connectMapSmServices   = "sm_services"
+	connectMapSmSvcOpts    = "sm_svc_opts"
 	connectMapSmVipFilter  = "sm_vip_filter"
 	connectProgSmConnect4  = "sm_connect4"
 	connectProgSmConnect6  = "sm_connect6"
@@ -155,11 +191,14 @@ type connectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
+	SmAffinity   *ebpf.MapSpec `ebpf:"sm_affinity"`
 	SmBackends   *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmCounters   *ebpf.MapSpec `ebpf:"sm_counters"`
+	SmExclude    *ebpf.MapSpec `ebpf:"sm_exclude"`
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
 	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
+	SmSvcOpts    *ebpf.MapSpec `ebpf:"sm_svc_opts"`
 	SmVipFilter  *ebpf.MapSpec `ebpf:"sm_vip_filter"`
 }
 
@@ -189,21 +228,27 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
+	SmAffinity   *ebpf.Map `ebpf:"sm_affinity"`
 	SmBackends   *ebpf.Map `ebpf:"sm_backends"`
 	SmCounters   *ebpf.Map `ebpf:"sm_counters"`
+	SmExclude    *ebpf.Map `ebpf:"sm_exclude"`
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
 	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
+	SmSvcOpts    *ebpf.Map `ebpf:"sm_svc_opts"`
 	SmVipFilter  *ebpf.Map `ebpf:"sm_vip_filter"`
 }
 
 func (m *connectMaps) Close() error {
 	return _ConnectClose(
+		m.SmAffinity,
 		m.SmBackends,
 		m.SmCounters,
+		m.SmExclude,
 		m.SmLocalNames,
 		m.SmRev,
 		m.SmServices,
+		m.SmSvcOpts,
 		m.SmVipFilter,
 	)
 }

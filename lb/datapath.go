@@ -153,6 +153,7 @@ func (d *Datapath) load(opts Options) error {
 		counters:   kernelTable[uint32, counterValue]{d.maps["sm_counters"]},
 		localNames: kernelTable[localKey, localValue]{d.maps["sm_local_names"]},
 		filter:     kernelTable[uint32, vipFilter]{d.maps["sm_vip_filter"]},
+		opts:       kernelTable[uint32, optsValue]{d.maps["sm_svc_opts"]},
 		meta:       kernelTable[uint32, uint64]{meta},
 	}
 	lim := Limits{
@@ -160,6 +161,7 @@ func (d *Datapath) load(opts Options) error {
 		Backends:       int(d.maps["sm_backends"].MaxEntries()),
 		Counters:       int(d.maps["sm_counters"].MaxEntries()),
 		LocalNames:     int(d.maps["sm_local_names"].MaxEntries()),
+		Options:        int(d.maps["sm_svc_opts"].MaxEntries()),
 	}
 	if err := carryCounters(d.tables.counters, carried); err != nil {
 		return err

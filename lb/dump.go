@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // dump renders the maps as stable, sorted text: one line per entry, so two
@@ -48,6 +49,15 @@ func dump(t tables) (string, error) {
 		v := backends[id]
 		fmt.Fprintf(&b, "backend %d %s family=%s service=%d\n", id, backendOf(v), familyName(v.Family), v.SvcId)
 	}
+	if t.opts != nil {
+		opts, err := t.opts.All()
+		if err != nil {
+			return "", fmt.Errorf("dump service options: %w", err)
+		}
+		for _, id := range slices.Sorted(maps.Keys(opts)) {
+			fmt.Fprintf(&b, "options %d affinity=%s\n", id, time.Duration(opts[id].AffinityNs))
+		}
+	}
 	for _, k := range slices.SortedFunc(maps.Keys(locals), compareLocalKey) {
 		v := locals[k]
 		fmt.Fprintf(&b, "local-name %s/%s -> %s\n",
@@ -65,6 +75,18 @@ func flagNames(f uint32) string {
 	if f&flagLocalName != 0 {
 		names = append(names, "local-name")
 		f &^= flagLocalName
+	}
+	if p := Policy((f & flagPolicyMask) >> flagPolicyBit); p != Random {
+		names = append(names, p.String())
+		f &^= flagPolicyMask
+	}
+	if f&flagNetns != 0 {
+		names = append(names, "client-netns")
+		f &^= flagNetns
+	}
+	if f&flagAffinity != 0 {
+		names = append(names, "affinity")
+		f &^= flagAffinity
 	}
 	if f != 0 {
 		names = append(names, fmt.Sprintf("%#x", f))

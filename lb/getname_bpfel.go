@@ -16,11 +16,14 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	getnameMapSmAffinity      = "sm_affinity"
 	getnameMapSmBackends      = "sm_backends"
 	getnameMapSmCounters      = "sm_counters"
+	getnameMapSmExclude       = "sm_exclude"
 	getnameMapSmLocalNames    = "sm_local_names"
 	getnameMapSmRev           = "sm_rev"
 	getnameMapSmServices      = "sm_services"
+	getnameMapSmSvcOpts       = "sm_svc_opts"
 	getnameMapSmVipFilter     = "sm_vip_filter"
 	getnameProgSmGetpeername4 = "sm_getpeername4"
 	getnameProgSmGetpeername6 = "sm_getpeername6"
@@ -80,11 +83,14 @@ type getnameProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type getnameMapSpecs struct {
+	SmAffinity   *ebpf.MapSpec `ebpf:"sm_affinity"`
 	SmBackends   *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmCounters   *ebpf.MapSpec `ebpf:"sm_counters"`
+	SmExclude    *ebpf.MapSpec `ebpf:"sm_exclude"`
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
 	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
+	SmSvcOpts    *ebpf.MapSpec `ebpf:"sm_svc_opts"`
 	SmVipFilter  *ebpf.MapSpec `ebpf:"sm_vip_filter"`
 }
 
@@ -114,21 +120,27 @@ func (o *getnameObjects) Close() error {
 //
 // It can be passed to loadGetnameObjects or ebpf.CollectionSpec.LoadAndAssign.
 type getnameMaps struct {
+	SmAffinity   *ebpf.Map `ebpf:"sm_affinity"`
 	SmBackends   *ebpf.Map `ebpf:"sm_backends"`
 	SmCounters   *ebpf.Map `ebpf:"sm_counters"`
+	SmExclude    *ebpf.Map `ebpf:"sm_exclude"`
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
 	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
+	SmSvcOpts    *ebpf.Map `ebpf:"sm_svc_opts"`
 	SmVipFilter  *ebpf.Map `ebpf:"sm_vip_filter"`
 }
 
 func (m *getnameMaps) Close() error {
 	return _GetnameClose(
+		m.SmAffinity,
 		m.SmBackends,
 		m.SmCounters,
+		m.SmExclude,
 		m.SmLocalNames,
 		m.SmRev,
 		m.SmServices,
+		m.SmSvcOpts,
 		m.SmVipFilter,
 	)
 }

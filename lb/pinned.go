@@ -82,6 +82,12 @@ func ReadPinned(pinDir string) (*Pinned, error) {
 		}
 		t.filter = kernelTable[uint32, vipFilter]{m}
 	}
+	if _, err := os.Stat(filepath.Join(pinDir, "sm_svc_opts")); err == nil {
+		if m, err = open("sm_svc_opts"); err != nil {
+			return nil, err
+		}
+		t.opts = kernelTable[uint32, optsValue]{m}
+	}
 	if m, err = open(metaMapName); err != nil {
 		return nil, err
 	}

@@ -16,11 +16,14 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	recvmsgMapSmAffinity   = "sm_affinity"
 	recvmsgMapSmBackends   = "sm_backends"
 	recvmsgMapSmCounters   = "sm_counters"
+	recvmsgMapSmExclude    = "sm_exclude"
 	recvmsgMapSmLocalNames = "sm_local_names"
 	recvmsgMapSmRev        = "sm_rev"
 	recvmsgMapSmServices   = "sm_services"
+	recvmsgMapSmSvcOpts    = "sm_svc_opts"
 	recvmsgMapSmVipFilter  = "sm_vip_filter"
 	recvmsgProgSmRecvmsg4  = "sm_recvmsg4"
 	recvmsgProgSmRecvmsg6  = "sm_recvmsg6"
@@ -76,11 +79,14 @@ type recvmsgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type recvmsgMapSpecs struct {
+	SmAffinity   *ebpf.MapSpec `ebpf:"sm_affinity"`
 	SmBackends   *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmCounters   *ebpf.MapSpec `ebpf:"sm_counters"`
+	SmExclude    *ebpf.MapSpec `ebpf:"sm_exclude"`
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
 	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
+	SmSvcOpts    *ebpf.MapSpec `ebpf:"sm_svc_opts"`
 	SmVipFilter  *ebpf.MapSpec `ebpf:"sm_vip_filter"`
 }
 
@@ -110,21 +116,27 @@ func (o *recvmsgObjects) Close() error {
 //
 // It can be passed to loadRecvmsgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type recvmsgMaps struct {
+	SmAffinity   *ebpf.Map `ebpf:"sm_affinity"`
 	SmBackends   *ebpf.Map `ebpf:"sm_backends"`
 	SmCounters   *ebpf.Map `ebpf:"sm_counters"`
+	SmExclude    *ebpf.Map `ebpf:"sm_exclude"`
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
 	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
+	SmSvcOpts    *ebpf.Map `ebpf:"sm_svc_opts"`
 	SmVipFilter  *ebpf.Map `ebpf:"sm_vip_filter"`
 }
 
 func (m *recvmsgMaps) Close() error {
 	return _RecvmsgClose(
+		m.SmAffinity,
 		m.SmBackends,
 		m.SmCounters,
+		m.SmExclude,
 		m.SmLocalNames,
 		m.SmRev,
 		m.SmServices,
+		m.SmSvcOpts,
 		m.SmVipFilter,
 	)
 }

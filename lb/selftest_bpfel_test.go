@@ -24,6 +24,8 @@ type selftestSelectArgs struct {
 		Slot  uint32
 	}
 	Entropy   uint32
+	Rr        uint32
+	Ticket    uint64
 	Result    uint32
 	SvcId     uint32
 	BackendId uint32
@@ -35,17 +37,21 @@ type selftestSelectArgs struct {
 		Pad    uint8
 		SvcId  uint32
 	}
+	_ [4]byte
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	selftestMapSmAffinity   = "sm_affinity"
 	selftestMapSmBackends   = "sm_backends"
 	selftestMapSmCounters   = "sm_counters"
+	selftestMapSmExclude    = "sm_exclude"
 	selftestMapSmLocalNames = "sm_local_names"
 	selftestMapSmRev        = "sm_rev"
 	selftestMapSmServices   = "sm_services"
+	selftestMapSmSvcOpts    = "sm_svc_opts"
 	selftestMapSmVipFilter  = "sm_vip_filter"
 	selftestProgSmSelect    = "sm_select"
 )
@@ -99,11 +105,14 @@ type selftestProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type selftestMapSpecs struct {
+	SmAffinity   *ebpf.MapSpec `ebpf:"sm_affinity"`
 	SmBackends   *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmCounters   *ebpf.MapSpec `ebpf:"sm_counters"`
+	SmExclude    *ebpf.MapSpec `ebpf:"sm_exclude"`
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
 	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
+	SmSvcOpts    *ebpf.MapSpec `ebpf:"sm_svc_opts"`
 	SmVipFilter  *ebpf.MapSpec `ebpf:"sm_vip_filter"`
 }
 
@@ -133,21 +142,27 @@ func (o *selftestObjects) Close() error {
 //
 // It can be passed to loadSelftestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type selftestMaps struct {
+	SmAffinity   *ebpf.Map `ebpf:"sm_affinity"`
 	SmBackends   *ebpf.Map `ebpf:"sm_backends"`
 	SmCounters   *ebpf.Map `ebpf:"sm_counters"`
+	SmExclude    *ebpf.Map `ebpf:"sm_exclude"`
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
 	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
+	SmSvcOpts    *ebpf.Map `ebpf:"sm_svc_opts"`
 	SmVipFilter  *ebpf.Map `ebpf:"sm_vip_filter"`
 }
 
 func (m *selftestMaps) Close() error {
 	return _SelftestClose(
+		m.SmAffinity,
 		m.SmBackends,
 		m.SmCounters,
+		m.SmExclude,
 		m.SmLocalNames,
 		m.SmRev,
 		m.SmServices,
+		m.SmSvcOpts,
 		m.SmVipFilter,
 	)
 }

@@ -16,11 +16,14 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sendmsgMapSmAffinity   = "sm_affinity"
 	sendmsgMapSmBackends   = "sm_backends"
 	sendmsgMapSmCounters   = "sm_counters"
+	sendmsgMapSmExclude    = "sm_exclude"
 	sendmsgMapSmLocalNames = "sm_local_names"
 	sendmsgMapSmRev        = "sm_rev"
 	sendmsgMapSmServices   = "sm_services"
+	sendmsgMapSmSvcOpts    = "sm_svc_opts"
 	sendmsgMapSmVipFilter  = "sm_vip_filter"
 	sendmsgProgSmSendmsg4  = "sm_sendmsg4"
 	sendmsgProgSmSendmsg6  = "sm_sendmsg6"
@@ -76,11 +79,14 @@ type sendmsgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sendmsgMapSpecs struct {
+	SmAffinity   *ebpf.MapSpec `ebpf:"sm_affinity"`
 	SmBackends   *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmCounters   *ebpf.MapSpec `ebpf:"sm_counters"`
+	SmExclude    *ebpf.MapSpec `ebpf:"sm_exclude"`
 	SmLocalNames *ebpf.MapSpec `ebpf:"sm_local_names"`
 	SmRev        *ebpf.MapSpec `ebpf:"sm_rev"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
+	SmSvcOpts    *ebpf.MapSpec `ebpf:"sm_svc_opts"`
 	SmVipFilter  *ebpf.MapSpec `ebpf:"sm_vip_filter"`
 }
 
@@ -110,21 +116,27 @@ func (o *sendmsgObjects) Close() error {
 //
 // It can be passed to loadSendmsgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sendmsgMaps struct {
+	SmAffinity   *ebpf.Map `ebpf:"sm_affinity"`
 	SmBackends   *ebpf.Map `ebpf:"sm_backends"`
 	SmCounters   *ebpf.Map `ebpf:"sm_counters"`
+	SmExclude    *ebpf.Map `ebpf:"sm_exclude"`
 	SmLocalNames *ebpf.Map `ebpf:"sm_local_names"`
 	SmRev        *ebpf.Map `ebpf:"sm_rev"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
+	SmSvcOpts    *ebpf.Map `ebpf:"sm_svc_opts"`
 	SmVipFilter  *ebpf.Map `ebpf:"sm_vip_filter"`
 }
 
 func (m *sendmsgMaps) Close() error {
 	return _SendmsgClose(
+		m.SmAffinity,
 		m.SmBackends,
 		m.SmCounters,
+		m.SmExclude,
 		m.SmLocalNames,
 		m.SmRev,
 		m.SmServices,
+		m.SmSvcOpts,
 		m.SmVipFilter,
 	)
 }

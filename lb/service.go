@@ -271,10 +271,47 @@ func (s *Service) validate() error {
 		}
 		seen[norm] = true
 	}
+	for _, b := range s.Backends {
+		if b.State > Down {
+			return fmt.Errorf("service %s: backend %s has unknown state %d", k, b.Addr, b.State)
+		}
+	}
+	switch s.Policy {
+	case Random, RoundRobin:
+		if s.MaglevTable != 0 {
+			return fmt.Errorf("service %s: a Maglev table size needs policy maglev, not %s", k, s.Policy)
+		}
+	case Maglev:
+		if s.MaglevTable != 0 && !slices.Contains(MaglevTables, s.MaglevTable) {
+			return fmt.Errorf("service %s: Maglev table size %d is not one of %v", k, s.MaglevTable, MaglevTables)
+		}
+	default:
+		return fmt.Errorf("service %s: unknown policy %d", k, s.Policy)
+	}
+	if s.Client > ClientNetns {
+		return fmt.Errorf("service %s: unknown client key %d", k, s.Client)
+	}
+	if s.Affinity < 0 {
+		return fmt.Errorf("service %s: negative affinity %s", k, s.Affinity)
+	}
 	if n := slotCount(s.Backends); n > MaxSlots {
 		return fmt.Errorf("service %s: backend weights need %d slots, at most %d (lower the weights)", k, n, MaxSlots)
 	}
 	return nil
+}
+
+// slotsNeeded is the most slots the service can take whatever its
+// backends' states: its Maglev table, or all its backends' weights.
+func (s Service) slotsNeeded() int {
+	if s.Policy == Maglev {
+		return s.maglevTable()
+	}
+	return slotCount(s.Backends)
+}
+
+// needsOpts reports whether the service has an entry in sm_svc_opts.
+func (s Service) needsOpts() bool {
+	return s.Policy == RoundRobin || s.Affinity > 0
 }
 
 func normalizeAddrPort(ap netip.AddrPort) netip.AddrPort {
@@ -322,17 +359,27 @@ func gcd(a, b uint32) uint32 {
 // canonical returns the service with normalized addresses, backends sorted
 // and weights reduced: two services that behave the same compare equal.
 func (s Service) canonical() Service {
-	out := Service{Key: normalizeKey(s.Key), LocalName: s.LocalName}
+	out := s
+	out.Key = normalizeKey(s.Key)
+	out.Backends = nil
 	ws := reducedWeights(s.Backends)
 	for i, b := range s.Backends {
-		out.Backends = append(out.Backends, Backend{Addr: normalizeAddrPort(b.Addr), Weight: uint16(ws[i])})
+		out.Backends = append(out.Backends, Backend{Addr: normalizeAddrPort(b.Addr), Weight: uint16(ws[i]), State: b.State})
+	}
+	if out.Policy == Maglev && out.MaglevTable == 0 {
+		out.MaglevTable = DefaultMaglevTable
+	}
+	if out.Policy != Maglev && out.Affinity == 0 {
+		out.Client = ClientCgroup // used by nothing: one spelling
 	}
 	slices.SortFunc(out.Backends, func(a, b Backend) int { return a.Addr.Compare(b.Addr) })
 	return out
 }
 
 func (s Service) equal(o Service) bool {
-	return s.Key == o.Key && s.LocalName == o.LocalName && slices.Equal(s.Backends, o.Backends)
+	return s.Key == o.Key && s.LocalName == o.LocalName && s.Policy == o.Policy &&
+		s.Client == o.Client && s.MaglevTable == o.MaglevTable && s.Affinity == o.Affinity &&
+		s.CloseConnections == o.CloseConnections && slices.Equal(s.Backends, o.Backends)
 }
 
 type localNameKey struct {

@@ -15,12 +15,20 @@ type (
 	counterValue = connectCounters
 	localKey     = connectLocalKey
 	localValue   = connectLocalValue
+	optsValue    = connectSvcOpts
+	excludeValue = connectExclude
+	revKey       = connectRevKey
+	revValue     = connectRevValue
 )
 
 // Constants mirrored from bpf/sockmesh.h.
 const (
 	slotRegion     = 0x10000
 	flagLocalName  = 1 << 0
+	flagPolicyBit  = 1 // policy in bits 1-2
+	flagPolicyMask = 3 << flagPolicyBit
+	flagNetns      = 1 << 3
+	flagAffinity   = 1 << 4
 	afInet         = 2
 	afInet6        = 10
 	metaNextIDSlot = 0
@@ -45,6 +53,9 @@ type tables struct {
 	// filter holds the VIP filter at key 0 (filter.go); nil in a
 	// read-only view of maps pinned by a version without it.
 	filter table[uint32, vipFilter]
+	// opts holds round-robin tickets and affinity timeouts by service id;
+	// nil in a read-only view of maps pinned by a version without it.
+	opts table[uint32, optsValue]
 	// meta holds the next id to hand out at key 0, so ids are never reused,
 	// not even across restarts.
 	meta table[uint32, uint64]

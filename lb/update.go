@@ -64,6 +64,7 @@ func (w *writer) update(put []Service, remove []ServiceKey) (ApplyStats, error) 
 		Backends:       len(w.backends),
 		Counters:       len(w.counters),
 		LocalNames:     len(w.locals) + len(wanted),
+		Options:        len(w.opts),
 	}
 	for mk := range replaced {
 		ms := w.services[mk]
@@ -76,6 +77,9 @@ func (w *writer) update(put []Service, remove []ServiceKey) (ApplyStats, error) 
 			n := len(w.bySvc[ms.master.Id])
 			now.Backends -= n
 			now.Counters -= 1 + n
+			if _, ok := w.opts[ms.master.Id]; ok {
+				now.Options--
+			}
 		}
 	}
 	for _, s := range ps {

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // ApplyStats says what one Apply changed.
@@ -13,6 +14,21 @@ type ApplyStats struct {
 	Added, Updated, Removed, Unchanged int
 	// Writes counts map updates and deletes; 0 when nothing changed.
 	Writes int
+	// Gone are the backends that took new connections of a service
+	// before and no longer do because they were removed (or their service
+	// was) or went down. Sockets the datapath connected to them stay
+	// connected: the caller may close them (draining backends are not
+	// listed: they keep their connections).
+	Gone []GoneBackend
+}
+
+// GoneBackend is a backend a service no longer sends anything new to.
+type GoneBackend struct {
+	Service ServiceKey
+	Backend netip.AddrPort
+	// CloseConnections is the service's wish that TCP connections to the
+	// backend be reset too, not only connected UDP sockets.
+	CloseConnections bool
 }
 
 // writer converges the maps to a desired service set. It keeps a mirror of
@@ -43,6 +59,11 @@ type writer struct {
 	bySvc    map[uint32]map[uint32]bool // service id -> its backend ids
 	counters map[uint32]bool
 	locals   map[localKey]localValue
+	// opts are the sm_svc_opts entries: service id -> affinity timeout.
+	opts map[uint32]uint64
+	// closeConns remembers each service's CloseConnections (not in the
+	// maps: after a restart a removed service's wish is unknown).
+	closeConns map[svcKey]bool
 	// entries counts the service-map entries the mirror holds.
 	entries int
 	// filter is the VIP filter in the map; bank is the bank of it that
@@ -72,6 +93,9 @@ func newWriter(t tables, lim Limits) (*writer, error) {
 		backends: make(map[uint32]backendValue),
 		bySvc:    make(map[uint32]map[uint32]bool),
 		counters: make(map[uint32]bool),
+		opts:     make(map[uint32]uint64),
+
+		closeConns: make(map[svcKey]bool),
 	}
 	svcs, err := t.services.All()
 	if err != nil {
@@ -101,6 +125,15 @@ func newWriter(t tables, lim Limits) (*writer, error) {
 	}
 	if w.locals, err = t.localNames.All(); err != nil {
 		return nil, fmt.Errorf("read local names: %w", err)
+	}
+	if t.opts != nil {
+		opts, err := t.opts.All()
+		if err != nil {
+			return nil, fmt.Errorf("read service options: %w", err)
+		}
+		for id, o := range opts {
+			w.opts[id] = o.AffinityNs
+		}
 	}
 	if t.filter != nil {
 		f, err := t.filter.All()
@@ -251,6 +284,32 @@ func (w *writer) deleteLocal(k localKey) error {
 	return nil
 }
 
+// putOpts writes a service's options; it resets the round-robin ticket,
+// so it is only called when the entry is missing or its timeout changes.
+func (w *writer) putOpts(id uint32, affinity uint64) error {
+	if w.t.opts == nil {
+		return errors.New("write service options: the pinned maps have no sm_svc_opts")
+	}
+	if err := w.t.opts.Put(id, optsValue{AffinityNs: affinity}); err != nil {
+		return fmt.Errorf("write options of service %d: %w", id, err)
+	}
+	w.writes++
+	w.opts[id] = affinity
+	return nil
+}
+
+func (w *writer) deleteOpts(id uint32) error {
+	if _, ok := w.opts[id]; !ok {
+		return nil
+	}
+	if err := w.t.opts.Delete(id); err != nil {
+		return fmt.Errorf("delete options of service %d: %w", id, err)
+	}
+	w.writes++
+	delete(w.opts, id)
+	return nil
+}
+
 // reserveIDs persists next+n before the ids are used, so that no id is ever
 // handed out twice, even by a process that restarts after a crash.
 func (w *writer) reserveIDs(n int) (first uint32, err error) {
@@ -269,29 +328,92 @@ func (w *writer) reserveIDs(n int) (first uint32, err error) {
 	return first, nil
 }
 
-// live reads a service back from the mirror as it is served now.
+// live reads a service back from the mirror as it is served now. What the
+// maps do not hold comes back as its zero value: backends that take no new
+// connections, and CloseConnections. A Maglev table gives each backend's
+// share of the table, not the weight written.
 func (w *writer) live(master svcKey) (Service, bool) {
 	ms := w.services[master]
 	if ms == nil || !ms.hasMaster {
 		return Service{}, false
 	}
-	s := Service{Key: keyOf(master), LocalName: ms.master.Flags&flagLocalName != 0}
+	f := ms.master.Flags
+	s := Service{
+		Key:       keyOf(master),
+		LocalName: f&flagLocalName != 0,
+		Policy:    Policy((f & flagPolicyMask) >> flagPolicyBit),
+	}
+	if f&flagNetns != 0 {
+		s.Client = ClientNetns
+	}
+	if f&flagAffinity != 0 {
+		s.Affinity = time.Duration(w.opts[ms.master.Id])
+	}
+	if s.Policy == Maglev {
+		s.MaglevTable = int(ms.master.Count)
+	}
+	slots, ok := w.liveSlots(ms)
+	if !ok {
+		return Service{}, false // half-written: treat as changed
+	}
 	weights := make(map[netip.AddrPort]uint16)
-	for slot := ms.master.Base + 1; slot <= ms.master.Base+ms.master.Count; slot++ {
-		id, ok := ms.slots[slot]
-		if !ok {
-			return Service{}, false // half-written: treat as changed
-		}
-		b, ok := w.backends[id]
-		if !ok {
-			return Service{}, false
-		}
-		weights[backendOf(b)]++
+	for _, a := range slots {
+		weights[a]++
 	}
 	for _, a := range slices.SortedFunc(maps.Keys(weights), netip.AddrPort.Compare) {
 		s.Backends = append(s.Backends, Backend{Addr: a, Weight: weights[a]})
 	}
 	return s.canonical(), true
+}
+
+// liveSlots returns the backend address of each slot of the active
+// region, in order; false if one is missing.
+func (w *writer) liveSlots(ms *mirrorService) ([]netip.AddrPort, bool) {
+	out := make([]netip.AddrPort, 0, ms.master.Count)
+	for slot := ms.master.Base + 1; slot <= ms.master.Base+ms.master.Count; slot++ {
+		id, ok := ms.slots[slot]
+		if !ok {
+			return nil, false
+		}
+		b, ok := w.backends[id]
+		if !ok {
+			return nil, false
+		}
+		out = append(out, backendOf(b))
+	}
+	return out, true
+}
+
+// flagsOf are the master flags of a canonical service.
+func flagsOf(s Service) uint32 {
+	flags := uint32(s.Policy) << flagPolicyBit
+	if s.LocalName {
+		flags |= flagLocalName
+	}
+	if s.Client == ClientNetns {
+		flags |= flagNetns
+	}
+	if s.Affinity > 0 {
+		flags |= flagAffinity
+	}
+	return flags
+}
+
+// serves reports whether the maps already do what s with slot set lay
+// asks: same flags, same backend in every slot, same options.
+func (w *writer) serves(ms *mirrorService, s Service, lay []netip.AddrPort) bool {
+	if ms == nil || !ms.hasMaster || ms.master.Flags != flagsOf(s) || int(ms.master.Count) != len(lay) {
+		return false
+	}
+	slots, ok := w.liveSlots(ms)
+	if !ok || !slices.Equal(slots, lay) {
+		return false
+	}
+	aff, has := w.opts[ms.master.Id]
+	if s.needsOpts() {
+		return has && aff == uint64(s.Affinity)
+	}
+	return !has
 }
 
 // Services returns what the maps serve now, sorted by key.
@@ -357,40 +479,76 @@ func (w *writer) apply(desired []Service) (ApplyStats, error) {
 func (w *writer) write(st *ApplyStats, gone []svcKey, ds []Service) []error {
 	var errs []error
 	for _, k := range gone {
-		if ms := w.services[k]; ms == nil || !ms.hasMaster {
+		ms := w.services[k]
+		if ms == nil || !ms.hasMaster {
 			continue
 		}
+		before, _ := w.liveSlots(ms)
+		id := ms.master.Id
 		if err := w.deleteSlot(k); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		st.Removed++
+		st.Gone = appendGone(st.Gone, keyOf(k), before, nil, w.closeConns[k])
+		delete(w.closeConns, k)
 		if err := w.sweepService(k); err != nil {
+			errs = append(errs, err)
+		}
+		if err := w.deleteOpts(id); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	for _, s := range ds {
-		cur, ok := w.live(masterKey(s.Key))
-		switch {
-		case ok && cur.equal(s):
+		mk := masterKey(s.Key)
+		ms := w.services[mk]
+		lay := layout(s)
+		w.closeConns[mk] = s.CloseConnections
+		if w.serves(ms, s, lay) {
 			st.Unchanged++
 			continue
-		case ok:
+		}
+		var before []netip.AddrPort
+		if ms != nil && ms.hasMaster {
 			st.Updated++
-		default:
+			before, _ = w.liveSlots(ms)
+		} else {
 			st.Added++
 		}
-		if err := w.applyService(s); err != nil {
+		if err := w.applyService(s, lay); err != nil {
 			errs = append(errs, err)
+			continue
 		}
+		st.Gone = appendGone(st.Gone, s.Key, before, s.Backends, s.CloseConnections)
 	}
 	return errs
 }
 
+// appendGone adds the backends of before (a slot set) that are not among
+// the backends now taking or keeping connections: gone from now, or down.
+func appendGone(out []GoneBackend, k ServiceKey, before []netip.AddrPort, now []Backend, closeConns bool) []GoneBackend {
+	kept := make(map[netip.AddrPort]bool, len(now))
+	for _, b := range now {
+		if b.State != Down {
+			kept[b.Addr] = true
+		}
+	}
+	seen := make(map[netip.AddrPort]bool)
+	for _, a := range before {
+		if kept[a] || seen[a] {
+			continue
+		}
+		seen[a] = true
+		out = append(out, GoneBackend{Service: k, Backend: a, CloseConnections: closeConns})
+	}
+	return out
+}
+
 func compareSvcKey(a, b svcKey) int { return keyOf(a).compare(keyOf(b)) }
 
-// applyService writes one added or changed service in the safe order.
-func (w *writer) applyService(s Service) error {
+// applyService writes one added or changed service, with slot set lay,
+// in the safe order.
+func (w *writer) applyService(s Service, lay []netip.AddrPort) error {
 	mk := masterKey(s.Key)
 	ms := w.services[mk]
 
@@ -412,8 +570,9 @@ func (w *writer) applyService(s Service) error {
 	if svcID == 0 {
 		newIDs++
 	}
-	for _, b := range s.Backends {
-		if _, ok := ids[b.Addr]; !ok {
+	slotted := slices.Compact(slices.SortedFunc(slices.Values(lay), netip.AddrPort.Compare))
+	for _, a := range slotted {
+		if _, ok := ids[a]; !ok {
 			newIDs++
 		}
 	}
@@ -430,22 +589,28 @@ func (w *writer) applyService(s Service) error {
 	}
 
 	// 2. New backends and their counters, before any slot names them.
-	slotIDs := make([]uint32, 0, slotCount(s.Backends))
-	for _, b := range s.Backends {
-		id, ok := ids[b.Addr]
-		if !ok {
-			id = take()
-			bv := backendValue{Addr: addrWords(b.Addr.Addr()), Port: portWord(b.Addr.Port()), Family: family(b.Addr.Addr()), SvcId: svcID}
-			if err := w.putCounter(id); err != nil {
-				return err
-			}
-			if err := w.putBackend(id, bv); err != nil {
-				return err
-			}
+	// Only backends in the slot set are in sm_backends: affinity relies
+	// on it to tell a backend that still takes new connections.
+	for _, a := range slotted {
+		if _, ok := ids[a]; ok {
+			continue
 		}
-		for range b.weight() {
-			slotIDs = append(slotIDs, id)
+		id := take()
+		bv := backendValue{Addr: addrWords(a.Addr()), Port: portWord(a.Port()), Family: family(a.Addr()), SvcId: svcID}
+		if err := w.putCounter(id); err != nil {
+			return err
 		}
+		if err := w.putBackend(id, bv); err != nil {
+			return err
+		}
+		if ids == nil {
+			ids = make(map[netip.AddrPort]uint32)
+		}
+		ids[a] = id
+	}
+	slotIDs := make([]uint32, len(lay))
+	for i, a := range lay {
+		slotIDs[i] = ids[a]
 	}
 
 	// 3. The new slot set, in the region nobody reads.
@@ -457,17 +622,26 @@ func (w *writer) applyService(s Service) error {
 		}
 	}
 
-	// 4. The flip.
-	var flags uint32
-	if s.LocalName {
-		flags |= flagLocalName
+	// Options the new master relies on, before it does.
+	if aff, has := w.opts[svcID]; s.needsOpts() && (!has || aff != uint64(s.Affinity)) {
+		if err := w.putOpts(svcID, uint64(s.Affinity)); err != nil {
+			return err
+		}
 	}
-	if err := w.putSlot(mk, svcValue{Id: svcID, Count: uint32(len(slotIDs)), Base: region, Flags: flags}); err != nil {
+
+	// 4. The flip.
+	if err := w.putSlot(mk, svcValue{Id: svcID, Count: uint32(len(slotIDs)), Base: region, Flags: flagsOf(s)}); err != nil {
 		return err
 	}
 
-	// 5. The old region and orphaned backends.
-	return w.sweepService(mk)
+	// 5. The old region, orphaned backends, options no longer used.
+	if err := w.sweepService(mk); err != nil {
+		return err
+	}
+	if !s.needsOpts() {
+		return w.deleteOpts(svcID)
+	}
+	return nil
 }
 
 // sweepService deletes what the service's master no longer references:
@@ -575,6 +749,13 @@ func (w *writer) sweep(wanted map[localKey]localValue) error {
 	for _, k := range slices.SortedFunc(maps.Keys(w.locals), compareLocalKey) {
 		if _, ok := wanted[k]; !ok {
 			if err := w.deleteLocal(k); err != nil {
+				return err
+			}
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(w.opts)) {
+		if !masters[id] {
+			if err := w.deleteOpts(id); err != nil {
 				return err
 			}
 		}

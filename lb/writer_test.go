@@ -74,6 +74,7 @@ type fake struct {
 	locals   *fakeTable[localKey, localValue]
 	meta     *fakeTable[uint32, uint64]
 	filter   *fakeTable[uint32, vipFilter]
+	opts     *fakeTable[uint32, optsValue]
 }
 
 func newFake(capacity int) *fake {
@@ -84,16 +85,17 @@ func newFake(capacity int) *fake {
 	f.locals = &fakeTable[localKey, localValue]{&f.fakeMaps, map[localKey]localValue{}, capacity}
 	f.meta = &fakeTable[uint32, uint64]{&f.fakeMaps, map[uint32]uint64{}, 1}
 	f.filter = &fakeTable[uint32, vipFilter]{&f.fakeMaps, map[uint32]vipFilter{}, 1}
+	f.opts = &fakeTable[uint32, optsValue]{&f.fakeMaps, map[uint32]optsValue{}, capacity}
 	return f
 }
 
 func (f *fake) tables() tables {
-	return tables{services: f.services, backends: f.backends, counters: f.counters, localNames: f.locals, meta: f.meta, filter: f.filter}
+	return tables{services: f.services, backends: f.backends, counters: f.counters, localNames: f.locals, meta: f.meta, filter: f.filter, opts: f.opts}
 }
 
 func (f *fake) limits() Limits {
 	c := f.services.cap
-	return Limits{ServiceEntries: c, Backends: c, Counters: 2 * c, LocalNames: c}
+	return Limits{ServiceEntries: c, Backends: c, Counters: 2 * c, LocalNames: c, Options: c}
 }
 
 // resolve is what a connect() reading the maps right now can reach, per
