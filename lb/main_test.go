@@ -24,13 +24,15 @@ import (
 
 func TestMain(m *testing.M) {
 	testenv.Main(m, map[string]testenv.Helper{
-		"http-get":      helperHTTPGet,
-		"dial-loop":     helperDialLoop,
-		"refused":       helperRefused,
-		"udp-multi":     helperUDPMulti,
-		"load":          helperLoad,
-		"crr":           helperCRR,
-		"udp-connected": helperUDPConnected,
+		"http-get":       helperHTTPGet,
+		"dial-loop":      helperDialLoop,
+		"refused":        helperRefused,
+		"udp-multi":      helperUDPMulti,
+		"load":           helperLoad,
+		"crr":            helperCRR,
+		"udp-connected":  helperUDPConnected,
+		"cgroup-clients": helperCgroupClients,
+		"dial-as":        helperDialAs,
 	})
 }
 

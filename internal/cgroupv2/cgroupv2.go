@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -79,4 +80,19 @@ func ID(path string) (uint64, error) {
 		return 0, fmt.Errorf("cgroup %s: not on a cgroup2 filesystem", path)
 	}
 	return st.Ino, nil
+}
+
+// Level returns the depth of the cgroup at path below the cgroup v2 root
+// mounted at root (the root is level 0): what the kernel calls the
+// cgroup's level, as bpf_get_current_ancestor_cgroup_id counts it, when
+// root is the host's cgroup v2 root (no cgroup namespace in between).
+func Level(root, path string) (uint32, error) {
+	rel, err := filepath.Rel(filepath.Clean(root), filepath.Clean(path))
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return 0, fmt.Errorf("cgroup %s: not under the cgroup v2 mount %s", path, root)
+	}
+	if rel == "." {
+		return 0, nil
+	}
+	return uint32(strings.Count(rel, "/") + 1), nil
 }

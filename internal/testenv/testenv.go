@@ -167,6 +167,27 @@ func NewCgroup(tb testing.TB) *Cgroup {
 	return &Cgroup{Path: path}
 }
 
+// Child creates a child cgroup of c named name, removed at the end of the
+// test (before c: cleanups run last-in first-out).
+func (c *Cgroup) Child(tb testing.TB, name string) *Cgroup {
+	tb.Helper()
+	path := filepath.Join(c.Path, name)
+	if err := os.Mkdir(path, 0o755); err != nil {
+		tb.Fatalf("create cgroup: %v", err)
+	}
+	tb.Cleanup(func() {
+		var err error
+		for range 50 {
+			if err = os.Remove(path); err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		tb.Errorf("remove cgroup %s: %v", path, err)
+	})
+	return &Cgroup{Path: path}
+}
+
 // Command prepares name to start directly inside the cgroup, so that every
 // socket it opens belongs to it.
 func (c *Cgroup) Command(ctx context.Context, tb testing.TB, name string, args ...string) *exec.Cmd {
