@@ -62,7 +62,7 @@ func FuzzParse(f *testing.F) {
 		if len(vips) == 0 {
 			t.Fatalf("accepted a service with no VIP family: %+v", s)
 		}
-		if err := lb.Validate(s.LBServices(vips), lim); err != nil {
+		if err := lb.Validate(s.LBServices(vips, nil), lim); err != nil {
 			t.Fatalf("parser accepted what the datapath refuses: %v\ninput: %q", err, data)
 		}
 	})

@@ -11,9 +11,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/miekg/dns"
 	"go.yaml.in/yaml/v3"
 
+	"sockmesh/health"
 	"sockmesh/lb"
 )
 
@@ -22,9 +25,45 @@ const MaxSize = 1 << 20
 
 // The fields of each mapping, in the order the README documents them.
 var (
-	serviceFields = []string{"name", "vip", "ports", "backends", "local_name"}
+	serviceFields = []string{"name", "vip", "ports", "backends", "local_name",
+		"health", "policy", "maglev", "client", "affinity", "close_connections"}
 	portFields    = []string{"port", "protocol", "name"}
-	backendFields = []string{"address", "weight", "ports"}
+	backendFields = []string{"address", "weight", "ports", "state"}
+	healthFields  = []string{"type", "port", "interval", "timeout", "rise", "fall",
+		"path", "host", "status", "query", "qtype"}
+	maglevFields = []string{"table"}
+
+	// The health fields each kind of check takes: the first six, then its
+	// own.
+	healthKindFields = map[health.Kind][]string{
+		health.TCP:  healthFields[:6],
+		health.HTTP: healthFields[:9],
+		health.DNS:  append(slices.Clip(healthFields[:6]), "query", "qtype"),
+	}
+)
+
+// The words an enumerated field takes, in the order the README gives them.
+// The first is the default, except for check types (a check names its own).
+var (
+	checkKinds    = []health.Kind{health.TCP, health.HTTP, health.DNS}
+	healthKinds   = words(checkKinds...)
+	policies      = words(lb.Random, lb.RoundRobin, lb.Maglev)
+	clientKeys    = words(lb.ClientCgroup, lb.ClientNetns)
+	backendStates = words(lb.Active, lb.Draining, lb.Down)
+)
+
+func words[T fmt.Stringer](vs ...T) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = v.String()
+	}
+	return out
+}
+
+// Limits of the durations a service file sets.
+const (
+	minInterval, maxInterval = 10 * time.Millisecond, time.Hour
+	minAffinity, maxAffinity = time.Second, 24 * time.Hour
 )
 
 var (
@@ -249,12 +288,22 @@ func (p *parser) service(m *yaml.Node) *Service {
 	if kv, ok := f["local_name"]; ok {
 		s.LocalName = p.boolean(kv[1], "local_name")
 	}
+	if kv, ok := f["health"]; ok {
+		s.Health = p.health(kv[1])
+	}
+	p.picking(s, f)
+	if kv, ok := f["close_connections"]; ok {
+		s.CloseConnections = p.boolean(kv[1], "close_connections")
+	}
 	if len(p.errs) > 0 {
 		return nil
 	}
 	p.families(s, f["backends"][0])
 	if s.LocalName {
 		p.localName(s, f["local_name"][1])
+	}
+	if s.Health != nil {
+		p.healthPort(s, f["health"][1])
 	}
 	if len(p.errs) > 0 {
 		return nil
@@ -288,6 +337,61 @@ func (p *parser) boolean(n *yaml.Node, field string) bool {
 		return false
 	}
 	return n.Value == "true" || n.Value == "True" || n.Value == "TRUE"
+}
+
+// oneOf parses a word that must be one of allowed; what names it in
+// errors.
+func (p *parser) oneOf(n *yaml.Node, field, what string, allowed []string) (string, bool) {
+	v, ok := p.str(n, field)
+	if !ok {
+		return "", false
+	}
+	if slices.Contains(allowed, v) {
+		return v, true
+	}
+	msg := fmt.Sprintf("%q is not a %s: want %s", v, what, orList(allowed))
+	// Three letters are too few to guess a typo from (udp is not a
+	// misspelt tcp), but not to fix the case.
+	if s := suggest(v, allowed); s != "" && (len(v) > 3 || strings.EqualFold(v, s)) {
+		msg += fmt.Sprintf("; did you mean %q?", s)
+	}
+	p.errorf(n, field, "%s", msg)
+	return "", false
+}
+
+// orList writes words as "a, b or c".
+func orList(words []string) string {
+	if len(words) < 2 {
+		return strings.Join(words, "")
+	}
+	return strings.Join(words[:len(words)-1], ", ") + " or " + words[len(words)-1]
+}
+
+// duration parses a duration such as 2s or 500ms in [lo, hi]; want says
+// what is allowed, for errors.
+func (p *parser) duration(n *yaml.Node, field, what string, lo, hi time.Duration, want string) (time.Duration, bool) {
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!str" && n.Tag != "!!int" && n.Tag != "!!float") {
+		p.errorf(n, field, "want %s, found %s", want, describe(n))
+		return 0, false
+	}
+	d, err := time.ParseDuration(n.Value)
+	if err != nil || d < lo || d > hi {
+		p.errorf(n, field, "%q is not a valid %s: want %s", n.Value, what, want)
+		return 0, false
+	}
+	return d, true
+}
+
+// short writes d without its zero units: 1h, not 1h0m0s.
+func short(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // number parses an integer scalar in [lo, hi].
@@ -504,6 +608,13 @@ func (p *parser) backend(s *Service, n *yaml.Node, field string) (Backend, bool)
 			}
 			b.Weight = uint16(w)
 		}
+		if kv, ok := f["state"]; ok {
+			v, ok := p.oneOf(kv[1], field+".state", "backend state", backendStates)
+			if !ok {
+				return b, false
+			}
+			b.State, _ = lb.ParseBackendState(v)
+		}
 		if kv, ok := f["ports"]; ok {
 			return b, p.backendPorts(s, &b, kv[1], field+".ports")
 		}
@@ -627,4 +738,232 @@ func (p *parser) localName(s *Service, n *yaml.Node) {
 			seen[dst] = pt
 		}
 	}
+}
+
+// health parses a check: its type alone (health: tcp) for that type's
+// defaults, or a mapping whose unset fields take them.
+func (p *parser) health(n *yaml.Node) *health.Check {
+	switch {
+	case n.Kind == yaml.ScalarNode && n.Tag != "!!null":
+		v, ok := p.oneOf(n, "health", "check type", healthKinds)
+		if !ok {
+			return nil
+		}
+		k, _ := health.ParseKind(v)
+		c := health.Defaults(k)
+		return &c
+	case n.Kind == yaml.MappingNode:
+		return p.healthCheck(n)
+	}
+	p.errorf(n, "health", "want a check type (%s) or a mapping such as {type: http, path: /healthz}, found %s", orList(healthKinds), describe(n))
+	return nil
+}
+
+func (p *parser) healthCheck(n *yaml.Node) *health.Check {
+	before := len(p.errs)
+	f := p.fields(n, "health", healthFields)
+	kv, ok := f["type"]
+	if !ok {
+		p.errorf(n, "health.type", "missing: a check needs a type (%s)", orList(healthKinds))
+		return nil
+	}
+	v, ok := p.oneOf(kv[1], "health.type", "check type", healthKinds)
+	if !ok {
+		return nil
+	}
+	k, _ := health.ParseKind(v)
+	c := health.Defaults(k)
+	allowed := healthKindFields[k]
+	for _, name := range healthFields {
+		if kv, ok := f[name]; ok && !slices.Contains(allowed, name) {
+			owner := checkKinds[slices.IndexFunc(checkKinds, func(o health.Kind) bool {
+				return slices.Contains(healthKindFields[o], name)
+			})]
+			p.errorf(kv[0], "health."+name, "only %s checks take %s; a %s check takes %s", owner, name, k, strings.Join(allowed, ", "))
+			delete(f, name)
+		}
+	}
+	if kv, ok := f["port"]; ok {
+		port, _ := p.number(kv[1], "health.port", "port", 1, 65535)
+		c.Port = uint16(port)
+	}
+	intervalOK := true
+	if kv, ok := f["interval"]; ok {
+		want := fmt.Sprintf("a duration from %s to %s, such as 2s or 500ms", short(minInterval), short(maxInterval))
+		c.Interval, intervalOK = p.duration(kv[1], "health.interval", "interval", minInterval, maxInterval, want)
+	}
+	if kv, ok := f["timeout"]; ok {
+		hi, want := maxInterval, "a duration above 0 and at most the interval, such as 1s"
+		if intervalOK {
+			hi, want = c.Interval, fmt.Sprintf("a duration above 0 and at most the interval (%s), such as 1s", short(c.Interval))
+		}
+		c.Timeout, _ = p.duration(kv[1], "health.timeout", "timeout", time.Nanosecond, hi, want)
+	} else if intervalOK && c.Timeout > c.Interval {
+		kv := f["interval"]
+		p.errorf(kv[1], "health.interval", "%q is shorter than the default timeout (%s): set a timeout of at most the interval too", kv[1].Value, short(c.Timeout))
+	}
+	if kv, ok := f["rise"]; ok {
+		c.Rise, _ = p.number(kv[1], "health.rise", "count", 1, 100)
+	}
+	if kv, ok := f["fall"]; ok {
+		c.Fall, _ = p.number(kv[1], "health.fall", "count", 1, 100)
+	}
+	if kv, ok := f["path"]; ok {
+		if v, ok := p.str(kv[1], "health.path"); ok {
+			if !strings.HasPrefix(v, "/") || strings.ContainsFunc(v, unprintable) {
+				p.errorf(kv[1], "health.path", "%q is not a valid path: want one starting with '/', without spaces or control characters, such as /healthz", v)
+			}
+			c.Path = v
+		}
+	}
+	if kv, ok := f["host"]; ok {
+		if v, ok := p.str(kv[1], "health.host"); ok {
+			if v == "" || strings.ContainsFunc(v, unprintable) || strings.ContainsAny(v, "/?#@") {
+				p.errorf(kv[1], "health.host", "%q is not a valid host: want a name for the Host header, with an optional port, such as example.org or example.org:8080", v)
+			}
+			c.Host = v
+		}
+	}
+	if kv, ok := f["status"]; ok {
+		c.StatusMin, c.StatusMax, _ = p.status(kv[1], "health.status")
+	}
+	if kv, ok := f["query"]; ok {
+		if v, ok := p.str(kv[1], "health.query"); ok {
+			if _, ok := dns.IsDomainName(v); !ok || strings.ContainsFunc(v, unprintable) {
+				p.errorf(kv[1], "health.query", "%q is not a valid query: want a domain name such as example.org, or . for the root", v)
+			}
+			c.Query = dns.Fqdn(v)
+		}
+	}
+	if kv, ok := f["qtype"]; ok {
+		if v, ok := p.str(kv[1], "health.qtype"); ok {
+			t, found := dns.StringToType[strings.ToUpper(v)]
+			if !found || !queryType(t) {
+				p.errorf(kv[1], "health.qtype", "%q is not a DNS query type: want a record type such as A, AAAA, NS, SOA, SRV or TXT", v)
+			}
+			c.QType = t
+		}
+	}
+	if len(p.errs) > before {
+		return nil
+	}
+	return &c
+}
+
+// unprintable reports characters that do not belong in a path, host or
+// query name: spaces, control characters and anything beyond ASCII.
+func unprintable(r rune) bool { return r <= ' ' || r >= 0x7f }
+
+// queryType reports whether a check may ask for records of type t: not
+// the pseudo-types (EDNS, TSIG) nor zone transfers, which need TCP.
+func queryType(t uint16) bool {
+	switch t {
+	case dns.TypeNone, dns.TypeOPT, dns.TypeTKEY, dns.TypeTSIG, dns.TypeIXFR, dns.TypeAXFR,
+		dns.TypeMAILA, dns.TypeMAILB, dns.TypeReserved:
+		return false
+	}
+	return true
+}
+
+// status parses a code (204) or a range of codes (200-399).
+func (p *parser) status(n *yaml.Node, field string) (lo, hi int, ok bool) {
+	const want = "a code from 100 to 599 or a range of them, lower first, such as 204 or 200-399"
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!str") {
+		p.errorf(n, field, "want %s, found %s", want, describe(n))
+		return 0, 0, false
+	}
+	a, b, isRange := strings.Cut(n.Value, "-")
+	lo, errLo := strconv.Atoi(a)
+	hi, errHi := lo, error(nil)
+	if isRange {
+		hi, errHi = strconv.Atoi(b)
+	}
+	if errLo != nil || errHi != nil || lo < 100 || hi > 599 || lo > hi {
+		p.errorf(n, field, "%q is not a valid status: want %s", n.Value, want)
+		return 0, 0, false
+	}
+	return lo, hi, true
+}
+
+// healthPort checks that the check has a port to probe: its own, or the
+// backends' port for the service's first port of the check's protocol.
+func (p *parser) healthPort(s *Service, n *yaml.Node) {
+	c := s.Health
+	if c.Port != 0 {
+		return
+	}
+	proto, example := lb.TCP, 8080
+	if c.Kind == health.DNS {
+		proto, example = lb.UDP, 53
+	}
+	if slices.ContainsFunc(s.Ports, func(pt Port) bool { return pt.Proto == proto }) {
+		return
+	}
+	p.errorf(n, "health", "a %s check probes the backends on the service's first %s port, and the service has none: give the check a port, e.g. {type: %s, port: %d}", c.Kind, proto, c.Kind, example)
+}
+
+// picking parses how a backend is picked (policy, maglev, client and
+// affinity) and checks that the fields fit together.
+func (p *parser) picking(s *Service, f map[string][2]*yaml.Node) {
+	policyOK, affinityOK := true, true
+	policy := "the policy is random, the default"
+	if kv, ok := f["policy"]; ok {
+		var v string
+		if v, policyOK = p.oneOf(kv[1], "policy", "policy", policies); policyOK {
+			s.Policy, _ = lb.ParsePolicy(v)
+			policy = "the policy is " + v
+		}
+	}
+	if kv, ok := f["affinity"]; ok {
+		want := fmt.Sprintf("a duration from %s to %s, such as 10m", short(minAffinity), short(maxAffinity))
+		s.Affinity, affinityOK = p.duration(kv[1], "affinity", "affinity", minAffinity, maxAffinity, want)
+	}
+	if kv, ok := f["maglev"]; ok {
+		table, ok := p.maglev(kv[1])
+		switch {
+		case !ok:
+		case policyOK && s.Policy != lb.Maglev:
+			p.errorf(kv[0], "maglev", "needs policy: maglev (%s): set that policy or leave maglev out", policy)
+		default:
+			s.MaglevTable = table
+		}
+	}
+	if kv, ok := f["client"]; ok {
+		v, ok := p.oneOf(kv[1], "client", "client key", clientKeys)
+		switch {
+		case !ok:
+		case policyOK && affinityOK && s.Policy != lb.Maglev && s.Affinity == 0:
+			p.errorf(kv[0], "client", "used only by policy: maglev and by affinity, and the service has neither (%s): set one or leave client out", policy)
+		default:
+			s.Client, _ = lb.ParseClientKey(v)
+		}
+	}
+}
+
+// maglev parses {table: N}; the table is 0 when not set.
+func (p *parser) maglev(n *yaml.Node) (int, bool) {
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, "maglev", "want a mapping such as {table: 16381}, found %s", describe(n))
+		return 0, false
+	}
+	f := p.fields(n, "maglev", maglevFields)
+	kv, ok := f["table"]
+	if !ok {
+		return 0, true
+	}
+	sizes := make([]string, len(lb.MaglevTables))
+	for i, t := range lb.MaglevTables {
+		sizes[i] = strconv.Itoa(t)
+	}
+	want := "one of " + orList(sizes)
+	if kv[1].Kind != yaml.ScalarNode || (kv[1].Tag != "!!int" && kv[1].Tag != "!!str") {
+		p.errorf(kv[1], "maglev.table", "want a table size, %s, found %s", want, describe(kv[1]))
+		return 0, false
+	}
+	t, err := strconv.Atoi(kv[1].Value)
+	if err != nil || !slices.Contains(lb.MaglevTables, t) {
+		p.errorf(kv[1], "maglev.table", "%q is not a Maglev table size: want %s (primes)", kv[1].Value, want)
+		return 0, false
+	}
+	return t, true
 }

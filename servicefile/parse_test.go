@@ -75,7 +75,7 @@ local_name: false
 	if s.Backends[1].Weight != 3 {
 		t.Fatalf("weight %d", s.Backends[1].Weight)
 	}
-	ls := s.LBServices(s.VIPs)
+	ls := s.LBServices(s.VIPs, nil)
 	if len(ls) != 6 {
 		t.Fatalf("%d datapath services, want 2 VIPs x 3 ports", len(ls))
 	}
@@ -122,15 +122,15 @@ func TestParseErrors(t *testing.T) {
 		{"tabs", "name: web\n\tports: [80]\n", []string{
 			`services.d/web.yaml:2: not valid YAML: found a tab character that violates indentation`}},
 		{"list", "- web\n", []string{
-			`services.d/web.yaml:1:1: want a mapping of fields (name, vip, ports, backends, local_name), found a list`}},
+			`services.d/web.yaml:1:1: want a mapping of fields (name, vip, ports, backends, local_name, health, policy, maglev, client, affinity, close_connections), found a list`}},
 		{"two documents", base + "---\n" + base, []string{
 			`services.d/web.yaml:4:1: a second YAML document: one service per file`}},
 		{"alias", "name: &n web\nports: [80]\nbackends: [*n]\n", []string{
 			`services.d/web.yaml:3:12: YAML aliases (*n) are not supported: write the value out`}},
 		{"unknown field with typo", base + "backend: 10.0.0.1:80\n", []string{
-			`services.d/web.yaml:4:1: unknown field "backend" (allowed: name, vip, ports, backends, local_name); did you mean "backends"?`}},
-		{"unknown field", base + "policy: maglev\n", []string{
-			`services.d/web.yaml:4:1: unknown field "policy" (allowed: name, vip, ports, backends, local_name)`}},
+			`services.d/web.yaml:4:1: unknown field "backend" (allowed: name, vip, ports, backends, local_name, health, policy, maglev, client, affinity, close_connections); did you mean "backends"?`}},
+		{"unknown field", base + "balance: maglev\n", []string{
+			`services.d/web.yaml:4:1: unknown field "balance" (allowed: name, vip, ports, backends, local_name, health, policy, maglev, client, affinity, close_connections)`}},
 		{"field twice", base + "name: api\n", []string{
 			`services.d/web.yaml:4:1: name: set twice (first on line 1)`}},
 		{"missing fields", "name: web\n", []string{
@@ -178,7 +178,7 @@ func TestParseErrors(t *testing.T) {
 			`services.d/web.yaml:3:78: backends[1].weight: "70000" is not a valid weight: want a whole number from 1 to 65535`,
 			`services.d/web.yaml:3:117: backends[2].weight: want a weight (1-65535), found "1.5"`}},
 		{"backend unknown field", "name: web\nports: [80]\nbackends: [{address: 10.0.0.1:80, wieght: 2}]\n", []string{
-			`services.d/web.yaml:3:35: backends[0]: unknown field "wieght" (allowed: address, weight, ports); did you mean "weight"?`}},
+			`services.d/web.yaml:3:35: backends[0]: unknown field "wieght" (allowed: address, weight, ports, state); did you mean "weight"?`}},
 		{"backend missing address", "name: web\nports: [80]\nbackends: [{weight: 2}]\n", []string{
 			`services.d/web.yaml:3:12: backends[0].address: missing: a backend entry needs an address such as 10.0.0.1:8080`}},
 		{"backend twice", "name: web\nports: [80]\nbackends: [10.0.0.1:80, 10.0.0.1:80]\n", []string{

@@ -12,6 +12,7 @@ package servicefile
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -124,24 +125,69 @@ func (b Backend) TargetPort(p Port) uint16 {
 }
 
 // LBServices expands the service into one datapath service per VIP and
-// port. vips are the service's VIPs (given or derived).
-func (s *Service) LBServices(vips []netip.Addr) []lb.Service {
+// port. vips are the service's VIPs (given or derived). down, when not nil,
+// reports the backends whose health check fails: they are lb.Down whatever
+// their own state. It is asked once per backend address.
+func (s *Service) LBServices(vips []netip.Addr, down func(backend netip.Addr) bool) []lb.Service {
+	states := make([]lb.BackendState, len(s.Backends))
+	for i, b := range s.Backends {
+		states[i] = b.State
+		if down != nil && down(b.Addr) {
+			states[i] = lb.Down
+		}
+	}
 	out := make([]lb.Service, 0, len(vips)*len(s.Ports))
 	for _, vip := range vips {
 		for _, p := range s.Ports {
 			ls := lb.Service{
-				Key:       lb.ServiceKey{VIP: vip, Port: p.Number, Proto: p.Proto},
-				LocalName: s.LocalName,
-				Backends:  make([]lb.Backend, 0, len(s.Backends)),
+				Key:              lb.ServiceKey{VIP: vip, Port: p.Number, Proto: p.Proto},
+				LocalName:        s.LocalName,
+				Policy:           s.Policy,
+				Client:           s.Client,
+				MaglevTable:      s.MaglevTable,
+				Affinity:         s.Affinity,
+				CloseConnections: s.CloseConnections,
+				Backends:         make([]lb.Backend, 0, len(s.Backends)),
 			}
-			for _, b := range s.Backends {
+			for i, b := range s.Backends {
 				ls.Backends = append(ls.Backends, lb.Backend{
 					Addr:   netip.AddrPortFrom(b.Addr, b.TargetPort(p)),
 					Weight: b.Weight,
+					State:  states[i],
 				})
 			}
 			out = append(out, ls)
 		}
+	}
+	return out
+}
+
+// HealthTargets are the backends to check, one per backend in file order,
+// or nil when the service has no health check. Each is probed on the
+// check's port, or else on the backend's port for the service's first port
+// of the check's protocol (tcp for tcp and http checks, udp for dns); the
+// parser makes sure one of the two exists.
+func (s *Service) HealthTargets() []health.Target {
+	if s.Health == nil {
+		return nil
+	}
+	proto := lb.TCP
+	if s.Health.Kind == health.DNS {
+		proto = lb.UDP
+	}
+	first := slices.IndexFunc(s.Ports, func(p Port) bool { return p.Proto == proto })
+	out := make([]health.Target, 0, len(s.Backends))
+	for _, b := range s.Backends {
+		port := s.Health.Port
+		if port == 0 && first >= 0 {
+			port = b.TargetPort(s.Ports[first])
+		}
+		out = append(out, health.Target{
+			Service: s.Name,
+			Backend: b.Addr,
+			Addr:    netip.AddrPortFrom(b.Addr, port),
+			Check:   *s.Health,
+		})
 	}
 	return out
 }
