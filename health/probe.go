@@ -184,6 +184,11 @@ func failure(ctx context.Context, op string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return &timeoutError{op: op, err: ctxErr}
 	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// A socket deadline taken from ctx's, passed a moment before
+		// ctx noticed.
+		return &timeoutError{op: op, err: context.DeadlineExceeded}
+	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
