@@ -27,6 +27,10 @@ func FuzzParse(f *testing.F) {
 		"name: dns\nports: [53/udp, 53/tcp]\nbackends: ['[fd00::1]:53']\n",
 		"name: x\nvip: [198.18.0.1, 'fd6d:6573:6800::1']\nports: [{port: 443, name: https}]\nbackends: [{address: 10.0.0.1, weight: 3, ports: {https: 8443}}]\n",
 		"name: x\nvip: 198.18.0.1\nports: [80, 81]\nbackends: [10.0.0.1:80]\nlocal_name: true\n",
+		"name: x\nports: [{port: 443, name: https}, 53/udp]\nbackends: [10.0.0.1:8443, {address: 10.0.0.2, state: draining, ports: {https: 9443}}, {address: 10.0.0.3, state: down}]\n" +
+			"health: {type: http, port: 8080, interval: 500ms, timeout: 200ms, rise: 1, fall: 2, path: /healthz, host: example, status: 200-299}\n" +
+			"policy: maglev\nmaglev: {table: 251}\nclient: netns\naffinity: 10m\nclose_connections: true\n",
+		"name: ns\nports: [53/udp]\nbackends: ['[fd00::1]:53']\nhealth: {type: dns, query: example.org, qtype: AAAA}\npolicy: round-robin\naffinity: 1h\n",
 		"a: &x 1\nb: *x\n",
 		"name: [\n",
 		"- 1\n",
@@ -64,6 +68,16 @@ func FuzzParse(f *testing.F) {
 		}
 		if err := lb.Validate(s.LBServices(vips, nil), lim); err != nil {
 			t.Fatalf("parser accepted what the datapath refuses: %v\ninput: %q", err, data)
+		}
+		// Every other backend failing its check.
+		down := func(a netip.Addr) bool { return a.As16()[15]%2 == 0 }
+		if err := lb.Validate(s.LBServices(vips, down), lim); err != nil {
+			t.Fatalf("parser accepted what the datapath refuses with backends down: %v\ninput: %q", err, data)
+		}
+		for _, tg := range s.HealthTargets() {
+			if tg.Addr.Port() == 0 || tg.Check.Interval <= 0 || tg.Check.Timeout <= 0 || tg.Check.Timeout > tg.Check.Interval {
+				t.Fatalf("accepted a check with no port or bad timing: %+v\ninput: %q", tg, data)
+			}
 		}
 	})
 }

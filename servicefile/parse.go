@@ -350,10 +350,12 @@ func (p *parser) oneOf(n *yaml.Node, field, what string, allowed []string) (stri
 		return v, true
 	}
 	msg := fmt.Sprintf("%q is not a %s: want %s", v, what, orList(allowed))
-	// Three letters are too few to guess a typo from (udp is not a
-	// misspelt tcp), but not to fix the case.
-	if s := suggest(v, allowed); s != "" && (len(v) > 3 || strings.EqualFold(v, s)) {
-		msg += fmt.Sprintf("; did you mean %q?", s)
+	// The words are short, so a guess needs most letters right: udp is
+	// not a misspelt tcp, nor icmp, but TCP is.
+	if s := suggest(v, allowed); s != "" {
+		if d := editDistance(strings.ToLower(v), s); d == 0 || (len(v) > 3 && 3*d <= len(v)) {
+			msg += fmt.Sprintf("; did you mean %q?", s)
+		}
 	}
 	p.errorf(n, field, "%s", msg)
 	return "", false
@@ -779,7 +781,7 @@ func (p *parser) healthCheck(n *yaml.Node) *health.Check {
 			owner := checkKinds[slices.IndexFunc(checkKinds, func(o health.Kind) bool {
 				return slices.Contains(healthKindFields[o], name)
 			})]
-			p.errorf(kv[0], "health."+name, "only %s checks take %s; a %s check takes %s", owner, name, k, strings.Join(allowed, ", "))
+			p.errorf(kv[0], "health."+name, "only %s checks take %s; this %s check takes %s", owner, name, k, strings.Join(allowed, ", "))
 			delete(f, name)
 		}
 	}
@@ -899,7 +901,7 @@ func (p *parser) healthPort(s *Service, n *yaml.Node) {
 	if slices.ContainsFunc(s.Ports, func(pt Port) bool { return pt.Proto == proto }) {
 		return
 	}
-	p.errorf(n, "health", "a %s check probes the backends on the service's first %s port, and the service has none: give the check a port, e.g. {type: %s, port: %d}", c.Kind, proto, c.Kind, example)
+	p.errorf(n, "health", "%s checks probe the backends on the service's first %s port, and the service has none: give the check a port, e.g. {type: %s, port: %d}", c.Kind, proto, c.Kind, example)
 }
 
 // picking parses how a backend is picked (policy, maglev, client and

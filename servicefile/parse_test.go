@@ -8,7 +8,11 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/miekg/dns"
+
+	"sockmesh/health"
 	"sockmesh/lb"
 )
 
@@ -212,6 +216,141 @@ func TestParseErrors(t *testing.T) {
 			`services.d/web.yaml:5:13: local_name: backend 10.0.0.1:80/tcp serves both port 80/tcp and port 81/tcp, so getsockname cannot tell which VIP port to report: give the ports different backend ports`}},
 		{"local_name not bool", base + "local_name: yes please\n", []string{
 			`services.d/web.yaml:4:13: local_name: want true or false, found "yes please"`}},
+		{"health type", base + "health: icmp\n", []string{
+			`services.d/web.yaml:4:9: health: "icmp" is not a check type: want tcp, http or dns`}},
+		{"health type short", base + "health: udp\n", []string{
+			`services.d/web.yaml:4:9: health: "udp" is not a check type: want tcp, http or dns`}},
+		{"health type case", base + "health: TCP\n", []string{
+			`services.d/web.yaml:4:9: health: "TCP" is not a check type: want tcp, http or dns; did you mean "tcp"?`}},
+		{"health list", base + "health: [tcp]\n", []string{
+			`services.d/web.yaml:4:9: health: want a check type (tcp, http or dns) or a mapping such as {type: http, path: /healthz}, found a list`}},
+		{"health empty", base + "health:\n", []string{
+			`services.d/web.yaml:4:8: health: want a check type (tcp, http or dns) or a mapping such as {type: http, path: /healthz}, found nothing`}},
+		{"health missing type", base + "health: {port: 80}\n", []string{
+			`services.d/web.yaml:4:9: health.type: missing: a check needs a type (tcp, http or dns)`}},
+		{"health mapping type", base + "health: {type: htttp}\n", []string{
+			`services.d/web.yaml:4:16: health.type: "htttp" is not a check type: want tcp, http or dns; did you mean "http"?`}},
+		{"health unknown field", base + "health: {type: tcp, intervall: 2s}\n", []string{
+			`services.d/web.yaml:4:21: health: unknown field "intervall" (allowed: type, port, interval, timeout, rise, fall, path, host, status, query, qtype); did you mean "interval"?`}},
+		{"health field twice", base + "health: {type: tcp, rise: 2, rise: 3}\n", []string{
+			`services.d/web.yaml:4:30: health.rise: set twice (first on line 4)`}},
+		{"health port", base + "health: {type: tcp, port: 0}\n", []string{
+			`services.d/web.yaml:4:27: health.port: "0" is not a valid port: want a whole number from 1 to 65535`}},
+		{"health interval", base + "health:\n  type: tcp\n  interval: 5ms\n", []string{
+			`services.d/web.yaml:6:13: health.interval: "5ms" is not a valid interval: want a duration from 10ms to 1h, such as 2s or 500ms`}},
+		{"health interval long", base + "health: {type: tcp, interval: 61m, timeout: 1s}\n", []string{
+			`services.d/web.yaml:4:31: health.interval: "61m" is not a valid interval: want a duration from 10ms to 1h, such as 2s or 500ms`}},
+		{"health interval unit", base + "health: {type: tcp, interval: 2}\n", []string{
+			`services.d/web.yaml:4:31: health.interval: "2" is not a valid interval: want a duration from 10ms to 1h, such as 2s or 500ms`}},
+		{"health interval list", base + "health: {type: tcp, interval: [2s]}\n", []string{
+			`services.d/web.yaml:4:31: health.interval: want a duration from 10ms to 1h, such as 2s or 500ms, found a list`}},
+		{"health interval below the default timeout", base + "health: {type: tcp, interval: 500ms}\n", []string{
+			`services.d/web.yaml:4:31: health.interval: "500ms" is shorter than the default timeout (1s): set a timeout of at most the interval too`}},
+		{"health timeout zero", base + "health: {type: tcp, timeout: 0s}\n", []string{
+			`services.d/web.yaml:4:30: health.timeout: "0s" is not a valid timeout: want a duration above 0 and at most the interval (2s), such as 1s`}},
+		{"health timeout above the default interval", base + "health: {type: tcp, timeout: 3s}\n", []string{
+			`services.d/web.yaml:4:30: health.timeout: "3s" is not a valid timeout: want a duration above 0 and at most the interval (2s), such as 1s`}},
+		{"health timeout above the interval", base + "health: {type: tcp, interval: 1m30s, timeout: 2m}\n", []string{
+			`services.d/web.yaml:4:47: health.timeout: "2m" is not a valid timeout: want a duration above 0 and at most the interval (1m30s), such as 1s`}},
+		{"health timeout and interval", base + "health: {type: tcp, interval: 1ms, timeout: -1s}\n", []string{
+			`services.d/web.yaml:4:31: health.interval: "1ms" is not a valid interval: want a duration from 10ms to 1h, such as 2s or 500ms`,
+			`services.d/web.yaml:4:45: health.timeout: "-1s" is not a valid timeout: want a duration above 0 and at most the interval, such as 1s`}},
+		{"health rise and fall", base + "health: {type: tcp, rise: 0, fall: 101}\n", []string{
+			`services.d/web.yaml:4:27: health.rise: "0" is not a valid count: want a whole number from 1 to 100`,
+			`services.d/web.yaml:4:36: health.fall: "101" is not a valid count: want a whole number from 1 to 100`}},
+		{"health http fields on tcp", base + "health: {type: tcp, path: /healthz, host: example, status: 200}\n", []string{
+			`services.d/web.yaml:4:21: health.path: only http checks take path; this tcp check takes type, port, interval, timeout, rise, fall`,
+			`services.d/web.yaml:4:37: health.host: only http checks take host; this tcp check takes type, port, interval, timeout, rise, fall`,
+			`services.d/web.yaml:4:52: health.status: only http checks take status; this tcp check takes type, port, interval, timeout, rise, fall`}},
+		{"health dns fields on http", base + "health: {type: http, query: example.org, qtype: A}\n", []string{
+			`services.d/web.yaml:4:22: health.query: only dns checks take query; this http check takes type, port, interval, timeout, rise, fall, path, host, status`,
+			`services.d/web.yaml:4:42: health.qtype: only dns checks take qtype; this http check takes type, port, interval, timeout, rise, fall, path, host, status`}},
+		{"health http fields on dns", "name: ns\nports: [53/udp]\nbackends: [10.0.0.1:53]\nhealth: {type: dns, path: /}\n", []string{
+			`services.d/web.yaml:4:21: health.path: only http checks take path; this dns check takes type, port, interval, timeout, rise, fall, query, qtype`}},
+		{"health path", base + "health: {type: http, path: healthz}\n", []string{
+			`services.d/web.yaml:4:28: health.path: "healthz" is not a valid path: want one starting with '/', without spaces or control characters, such as /healthz`}},
+		{"health path space", base + "health: {type: http, path: '/a b'}\n", []string{
+			`services.d/web.yaml:4:28: health.path: "/a b" is not a valid path: want one starting with '/', without spaces or control characters, such as /healthz`}},
+		{"health path list", base + "health: {type: http, path: [/]}\n", []string{
+			`services.d/web.yaml:4:28: health.path: want a single value, found a list`}},
+		{"health host", base + "health: {type: http, host: 'a b'}\n", []string{
+			`services.d/web.yaml:4:28: health.host: "a b" is not a valid host: want a name for the Host header, with an optional port, such as example.org or example.org:8080`}},
+		{"health host empty", base + "health: {type: http, host: ''}\n", []string{
+			`services.d/web.yaml:4:28: health.host: "" is not a valid host: want a name for the Host header, with an optional port, such as example.org or example.org:8080`}},
+		{"health host url", base + "health: {type: http, host: 'http://example.org/'}\n", []string{
+			`services.d/web.yaml:4:28: health.host: "http://example.org/" is not a valid host: want a name for the Host header, with an optional port, such as example.org or example.org:8080`}},
+		{"health status", base + "health:\n  type: http\n  status: 600\n", []string{
+			`services.d/web.yaml:6:11: health.status: "600" is not a valid status: want a code from 100 to 599 or a range of them, lower first, such as 204 or 200-399`}},
+		{"health status range", base + "health: {type: http, status: 399-200}\n", []string{
+			`services.d/web.yaml:4:30: health.status: "399-200" is not a valid status: want a code from 100 to 599 or a range of them, lower first, such as 204 or 200-399`}},
+		{"health status low", base + "health: {type: http, status: 99-200}\n", []string{
+			`services.d/web.yaml:4:30: health.status: "99-200" is not a valid status: want a code from 100 to 599 or a range of them, lower first, such as 204 or 200-399`}},
+		{"health status class", base + "health: {type: http, status: 2xx}\n", []string{
+			`services.d/web.yaml:4:30: health.status: "2xx" is not a valid status: want a code from 100 to 599 or a range of them, lower first, such as 204 or 200-399`}},
+		{"health status list", base + "health: {type: http, status: [200, 204]}\n", []string{
+			`services.d/web.yaml:4:30: health.status: want a code from 100 to 599 or a range of them, lower first, such as 204 or 200-399, found a list`}},
+		{"health query", "name: ns\nports: [53/udp]\nbackends: [10.0.0.1:53]\nhealth: {type: dns, query: 'example..org'}\n", []string{
+			`services.d/web.yaml:4:28: health.query: "example..org" is not a valid query: want a domain name such as example.org, or . for the root`}},
+		{"health query space", "name: ns\nports: [53/udp]\nbackends: [10.0.0.1:53]\nhealth: {type: dns, query: 'a b.org'}\n", []string{
+			`services.d/web.yaml:4:28: health.query: "a b.org" is not a valid query: want a domain name such as example.org, or . for the root`}},
+		{"health qtype", "name: ns\nports: [53/udp]\nbackends: [10.0.0.1:53]\nhealth: {type: dns, qtype: BOGUS}\n", []string{
+			`services.d/web.yaml:4:28: health.qtype: "BOGUS" is not a DNS query type: want a record type such as A, AAAA, NS, SOA, SRV or TXT`}},
+		{"health qtype transfer", "name: ns\nports: [53/udp]\nbackends: [10.0.0.1:53]\nhealth: {type: dns, qtype: AXFR}\n", []string{
+			`services.d/web.yaml:4:28: health.qtype: "AXFR" is not a DNS query type: want a record type such as A, AAAA, NS, SOA, SRV or TXT`}},
+		{"health qtype number", "name: ns\nports: [53/udp]\nbackends: [10.0.0.1:53]\nhealth: {type: dns, qtype: 28}\n", []string{
+			`services.d/web.yaml:4:28: health.qtype: "28" is not a DNS query type: want a record type such as A, AAAA, NS, SOA, SRV or TXT`}},
+		{"health tcp without a tcp port", "name: ns\nports: [53/udp]\nbackends: [10.0.0.1:53]\nhealth: tcp\n", []string{
+			`services.d/web.yaml:4:9: health: tcp checks probe the backends on the service's first tcp port, and the service has none: give the check a port, e.g. {type: tcp, port: 8080}`}},
+		{"health http without a tcp port", "name: ns\nports: [53/udp]\nbackends: [10.0.0.1:53]\nhealth: {type: http, path: /ready}\n", []string{
+			`services.d/web.yaml:4:9: health: http checks probe the backends on the service's first tcp port, and the service has none: give the check a port, e.g. {type: http, port: 8080}`}},
+		{"health dns without a udp port", base + "health: dns\n", []string{
+			`services.d/web.yaml:4:9: health: dns checks probe the backends on the service's first udp port, and the service has none: give the check a port, e.g. {type: dns, port: 53}`}},
+		{"policy", base + "policy: roundrobin\n", []string{
+			`services.d/web.yaml:4:9: policy: "roundrobin" is not a policy: want random, round-robin or maglev; did you mean "round-robin"?`}},
+		{"policy unknown", base + "policy: least-connections\n", []string{
+			`services.d/web.yaml:4:9: policy: "least-connections" is not a policy: want random, round-robin or maglev`}},
+		{"policy list", base + "policy: [maglev]\n", []string{
+			`services.d/web.yaml:4:9: policy: want a single value, found a list`}},
+		{"maglev table", base + "policy: maglev\nmaglev: {table: 1000}\n", []string{
+			`services.d/web.yaml:5:17: maglev.table: "1000" is not a Maglev table size: want one of 251, 509, 1021, 2039, 4093, 8191, 16381, 32749 or 65521 (primes)`}},
+		{"maglev table list", base + "policy: maglev\nmaglev: {table: [251]}\n", []string{
+			`services.d/web.yaml:5:17: maglev.table: want a table size, one of 251, 509, 1021, 2039, 4093, 8191, 16381, 32749 or 65521, found a list`}},
+		{"maglev not a mapping", base + "policy: maglev\nmaglev: 4093\n", []string{
+			`services.d/web.yaml:5:9: maglev: want a mapping such as {table: 16381}, found "4093"`}},
+		{"maglev unknown field", base + "policy: maglev\nmaglev: {size: 4093}\n", []string{
+			`services.d/web.yaml:5:10: maglev: unknown field "size" (allowed: table)`}},
+		{"maglev without the policy", base + "maglev: {table: 251}\n", []string{
+			`services.d/web.yaml:4:1: maglev: needs policy: maglev (the policy is random, the default): set that policy or leave maglev out`}},
+		{"maglev with round-robin", base + "policy: round-robin\nmaglev: {table: 251}\n", []string{
+			`services.d/web.yaml:5:1: maglev: needs policy: maglev (the policy is round-robin): set that policy or leave maglev out`}},
+		{"maglev with a bad policy", base + "policy: magelv\nmaglev: {table: 251}\n", []string{
+			`services.d/web.yaml:4:9: policy: "magelv" is not a policy: want random, round-robin or maglev; did you mean "maglev"?`}},
+		{"client", base + "policy: maglev\nclient: pid\n", []string{
+			`services.d/web.yaml:5:9: client: "pid" is not a client key: want cgroup or netns`}},
+		{"client case", base + "policy: maglev\nclient: NetNS\n", []string{
+			`services.d/web.yaml:5:9: client: "NetNS" is not a client key: want cgroup or netns; did you mean "netns"?`}},
+		{"client unused", base + "client: netns\n", []string{
+			`services.d/web.yaml:4:1: client: used only by policy: maglev and by affinity, and the service has neither (the policy is random, the default): set one or leave client out`}},
+		{"client unused round-robin", base + "policy: round-robin\nclient: cgroup\n", []string{
+			`services.d/web.yaml:5:1: client: used only by policy: maglev and by affinity, and the service has neither (the policy is round-robin): set one or leave client out`}},
+		{"client with a bad affinity", base + "affinity: forever\nclient: netns\n", []string{
+			`services.d/web.yaml:4:11: affinity: "forever" is not a valid affinity: want a duration from 1s to 24h, such as 10m`}},
+		{"affinity short", base + "affinity: 500ms\n", []string{
+			`services.d/web.yaml:4:11: affinity: "500ms" is not a valid affinity: want a duration from 1s to 24h, such as 10m`}},
+		{"affinity long", base + "affinity: 25h\n", []string{
+			`services.d/web.yaml:4:11: affinity: "25h" is not a valid affinity: want a duration from 1s to 24h, such as 10m`}},
+		{"affinity unit", base + "affinity: 600\n", []string{
+			`services.d/web.yaml:4:11: affinity: "600" is not a valid affinity: want a duration from 1s to 24h, such as 10m`}},
+		{"affinity mapping", base + "affinity: {timeout: 10m}\n", []string{
+			`services.d/web.yaml:4:11: affinity: want a duration from 1s to 24h, such as 10m, found a mapping`}},
+		{"close_connections not bool", base + "close_connections: 1\n", []string{
+			`services.d/web.yaml:4:20: close_connections: want true or false, found "1"`}},
+		{"backend state", "name: web\nports: [80]\nbackends: [{address: 10.0.0.1:80, state: up}, {address: 10.0.0.2:80, state: Down}, {address: 10.0.0.3:80, state: [down]}]\n", []string{
+			`services.d/web.yaml:3:42: backends[0].state: "up" is not a backend state: want active, draining or down`,
+			`services.d/web.yaml:3:77: backends[1].state: "Down" is not a backend state: want active, draining or down; did you mean "down"?`,
+			`services.d/web.yaml:3:114: backends[2].state: want a single value, found a list`}},
+		{"backend state typo", "name: web\nports: [80]\nbackends:\n  - address: 10.0.0.1:80\n    state: drainign\n", []string{
+			`services.d/web.yaml:5:12: backends[0].state: "drainign" is not a backend state: want active, draining or down; did you mean "draining"?`}},
 		{"too big", "name: web\n#" + strings.Repeat("x", MaxSize), []string{
 			`services.d/web.yaml: file is 1048587 bytes, at most 1048576 allowed`}},
 	} {
@@ -258,5 +397,243 @@ func TestExampleFiles(t *testing.T) {
 		if _, err := Parse(p, data); err != nil {
 			t.Errorf("%v", err)
 		}
+	}
+}
+
+// check is kind's default check changed by set.
+func check(k health.Kind, set func(c *health.Check)) *health.Check {
+	c := health.Defaults(k)
+	if set != nil {
+		set(&c)
+	}
+	return &c
+}
+
+// TestParseHealth gives the accepted forms of health, with the defaults
+// they fill in.
+func TestParseHealth(t *testing.T) {
+	const (
+		tcp = "name: web\nports: [80]\nbackends: [127.0.0.1:8080]\n"
+		udp = "name: ns\nports: [53/udp]\nbackends: [127.0.0.1:5353]\n"
+	)
+	for _, tc := range []struct {
+		name, in string
+		want     *health.Check
+	}{
+		{"none", tcp, nil},
+		{"tcp", tcp + "health: tcp\n", check(health.TCP, nil)},
+		{"http", tcp + "health: http\n", check(health.HTTP, nil)},
+		{"dns", udp + "health: dns\n", check(health.DNS, nil)},
+		{"mapping with only a type", tcp + "health: {type: tcp}\n", check(health.TCP, nil)},
+		{"tcp every field", tcp + "health: {type: tcp, port: 9000, interval: 5s, timeout: 5s, rise: 1, fall: 100}\n",
+			check(health.TCP, func(c *health.Check) {
+				c.Port, c.Interval, c.Timeout, c.Rise, c.Fall = 9000, 5*time.Second, 5*time.Second, 1, 100
+			})},
+		{"http every field", tcp + "health:\n  type: http\n  port: 8081\n  interval: 10ms\n  timeout: 10ms\n  rise: 100\n  fall: 1\n  path: /healthz?full=1\n  host: example\n  status: 200-299\n",
+			check(health.HTTP, func(c *health.Check) {
+				c.Port, c.Interval, c.Timeout, c.Rise, c.Fall = 8081, 10*time.Millisecond, 10*time.Millisecond, 100, 1
+				c.Path, c.Host, c.StatusMin, c.StatusMax = "/healthz?full=1", "example", 200, 299
+			})},
+		{"http one status", tcp + "health: {type: http, status: 204, host: 'example.org:8080'}\n",
+			check(health.HTTP, func(c *health.Check) { c.StatusMin, c.StatusMax, c.Host = 204, 204, "example.org:8080" })},
+		{"http widest status", tcp + "health: {type: http, status: 100-599}\n",
+			check(health.HTTP, func(c *health.Check) { c.StatusMin, c.StatusMax = 100, 599 })},
+		{"dns every field", udp + "health: {type: dns, port: 53, interval: 1h, timeout: 1m, query: example.org, qtype: AAAA}\n",
+			check(health.DNS, func(c *health.Check) {
+				c.Port, c.Interval, c.Timeout, c.Query, c.QType = 53, time.Hour, time.Minute, "example.org.", dns.TypeAAAA
+			})},
+		{"dns root, type in lower case", udp + "health: {type: dns, query: ., qtype: soa}\n",
+			check(health.DNS, func(c *health.Check) { c.Query, c.QType = ".", dns.TypeSOA })},
+		{"dns fully qualified", udp + "health: {type: dns, query: ns1.example., qtype: SRV}\n",
+			check(health.DNS, func(c *health.Check) { c.Query, c.QType = "ns1.example.", dns.TypeSRV })},
+		{"dns on a tcp service, with a port", tcp + "health: {type: dns, port: 53}\n",
+			check(health.DNS, func(c *health.Check) { c.Port = 53 })},
+		{"tcp on a udp service, with a port", udp + "health: {type: tcp, port: 53}\n",
+			check(health.TCP, func(c *health.Check) { c.Port = 53 })},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Parse(file, []byte(tc.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(s.Health, tc.want) {
+				t.Errorf("got  %+v\nwant %+v", s.Health, tc.want)
+			}
+		})
+	}
+}
+
+// TestParsePicking gives the accepted forms of policy, maglev, client,
+// affinity and close_connections, with their defaults.
+func TestParsePicking(t *testing.T) {
+	const base = "name: web\nports: [80]\nbackends: [127.0.0.1:8080]\n"
+	type picking struct {
+		Policy           lb.Policy
+		Client           lb.ClientKey
+		MaglevTable      int
+		Affinity         time.Duration
+		CloseConnections bool
+	}
+	for _, tc := range []struct {
+		name, in string
+		want     picking
+	}{
+		{"defaults", "", picking{lb.Random, lb.ClientCgroup, 0, 0, false}},
+		{"random", "policy: random\n", picking{Policy: lb.Random}},
+		{"round-robin", "policy: round-robin\n", picking{Policy: lb.RoundRobin}},
+		{"maglev", "policy: maglev\n", picking{Policy: lb.Maglev}},
+		{"maglev empty mapping", "policy: maglev\nmaglev: {}\n", picking{Policy: lb.Maglev}},
+		{"maglev smallest table", "policy: maglev\nmaglev: {table: 251}\n", picking{Policy: lb.Maglev, MaglevTable: 251}},
+		{"maglev largest table", "maglev:\n  table: 65521\npolicy: maglev\n", picking{Policy: lb.Maglev, MaglevTable: 65521}},
+		{"maglev netns", "policy: maglev\nclient: netns\n", picking{Policy: lb.Maglev, Client: lb.ClientNetns}},
+		{"maglev cgroup", "policy: maglev\nclient: cgroup\n", picking{Policy: lb.Maglev, Client: lb.ClientCgroup}},
+		{"affinity", "affinity: 10m\n", picking{Affinity: 10 * time.Minute}},
+		{"affinity shortest", "affinity: 1s\n", picking{Affinity: time.Second}},
+		{"affinity longest", "affinity: 24h\n", picking{Affinity: 24 * time.Hour}},
+		{"affinity mixed units", "affinity: 1h30m\n", picking{Affinity: 90 * time.Minute}},
+		{"affinity with client", "policy: round-robin\naffinity: 30s\nclient: netns\n", picking{Policy: lb.RoundRobin, Client: lb.ClientNetns, Affinity: 30 * time.Second}},
+		{"close_connections", "close_connections: true\n", picking{CloseConnections: true}},
+		{"close_connections false", "close_connections: false\n", picking{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Parse(file, []byte(base+tc.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := picking{s.Policy, s.Client, s.MaglevTable, s.Affinity, s.CloseConnections}
+			if got != tc.want {
+				t.Errorf("got  %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseBackendState(t *testing.T) {
+	in := "name: web\nports: [80]\nbackends:\n  - 10.0.0.1:80\n  - {address: 10.0.0.2:80}\n  - {address: 10.0.0.3:80, state: active}\n  - {address: 10.0.0.4:80, state: draining}\n  - {address: 10.0.0.5:80, state: down, weight: 2}\n"
+	s, err := Parse(file, []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []lb.BackendState
+	for _, b := range s.Backends {
+		got = append(got, b.State)
+	}
+	want := []lb.BackendState{lb.Active, lb.Active, lb.Active, lb.Draining, lb.Down}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("states %v, want %v", got, want)
+	}
+}
+
+func TestLBServices(t *testing.T) {
+	in := `name: web
+vip: 198.18.0.1
+ports: [80, 81]
+backends:
+  - 10.0.0.1:8080
+  - {address: 10.0.0.2:8080, state: draining, weight: 2}
+  - {address: 10.0.0.3:8080, state: down}
+  - 10.0.0.4
+policy: maglev
+maglev: {table: 251}
+client: netns
+affinity: 10m
+close_connections: true
+`
+	s, err := Parse(file, []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := func(addr string, weight uint16, st lb.BackendState) lb.Backend {
+		return lb.Backend{Addr: netip.MustParseAddrPort(addr), Weight: weight, State: st}
+	}
+	svc := func(port uint16, backends ...lb.Backend) lb.Service {
+		return lb.Service{
+			Key:      lb.ServiceKey{VIP: netip.MustParseAddr("198.18.0.1"), Port: port, Proto: lb.TCP},
+			Backends: backends,
+			Policy:   lb.Maglev, Client: lb.ClientNetns, MaglevTable: 251, Affinity: 10 * time.Minute, CloseConnections: true,
+		}
+	}
+	lim := lb.Limits{ServiceEntries: 1 << 20, Backends: 1 << 20, Counters: 1 << 20, LocalNames: 1 << 20}
+
+	// Without health checks, each backend has its own state.
+	got := s.LBServices(s.VIPs, nil)
+	want := []lb.Service{
+		svc(80, be("10.0.0.1:8080", 1, lb.Active), be("10.0.0.2:8080", 2, lb.Draining), be("10.0.0.3:8080", 1, lb.Down), be("10.0.0.4:80", 1, lb.Active)),
+		svc(81, be("10.0.0.1:8080", 1, lb.Active), be("10.0.0.2:8080", 2, lb.Draining), be("10.0.0.3:8080", 1, lb.Down), be("10.0.0.4:81", 1, lb.Active)),
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got  %+v\nwant %+v", got, want)
+	}
+	if err := lb.Validate(got, lim); err != nil {
+		t.Fatalf("the datapath refuses what the parser accepted: %v", err)
+	}
+
+	// A failed check takes an active or a draining backend down; a
+	// passing one leaves the state alone. down is asked once per backend.
+	failing := map[netip.Addr]bool{netip.MustParseAddr("10.0.0.2"): true, netip.MustParseAddr("10.0.0.4"): true}
+	asked := map[netip.Addr]int{}
+	got = s.LBServices(s.VIPs, func(a netip.Addr) bool {
+		asked[a]++
+		return failing[a]
+	})
+	want = []lb.Service{
+		svc(80, be("10.0.0.1:8080", 1, lb.Active), be("10.0.0.2:8080", 2, lb.Down), be("10.0.0.3:8080", 1, lb.Down), be("10.0.0.4:80", 1, lb.Down)),
+		svc(81, be("10.0.0.1:8080", 1, lb.Active), be("10.0.0.2:8080", 2, lb.Down), be("10.0.0.3:8080", 1, lb.Down), be("10.0.0.4:81", 1, lb.Down)),
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("with down: got  %+v\nwant %+v", got, want)
+	}
+	for _, b := range s.Backends {
+		if asked[b.Addr] != 1 {
+			t.Errorf("down(%s) asked %d times, want once", b.Addr, asked[b.Addr])
+		}
+	}
+	if err := lb.Validate(got, lim); err != nil {
+		t.Fatalf("the datapath refuses what the parser accepted: %v", err)
+	}
+}
+
+func TestHealthTargets(t *testing.T) {
+	const svc = `name: mixed
+ports: [53/udp, {port: 443, name: https}, 80, 5353/udp]
+backends:
+  - 10.0.0.1:8000
+  - address: 10.0.0.2
+    ports: {https: 8443, 53/udp: 5300}
+`
+	a1, a2 := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	for _, tc := range []struct {
+		health string
+		want   []netip.AddrPort // per backend
+	}{
+		// The first tcp port is 443: 10.0.0.2 serves it on 8443.
+		{"tcp", []netip.AddrPort{netip.AddrPortFrom(a1, 8000), netip.AddrPortFrom(a2, 8443)}},
+		{"http", []netip.AddrPort{netip.AddrPortFrom(a1, 8000), netip.AddrPortFrom(a2, 8443)}},
+		// The first udp port is 53: 10.0.0.2 serves it on 5300.
+		{"dns", []netip.AddrPort{netip.AddrPortFrom(a1, 8000), netip.AddrPortFrom(a2, 5300)}},
+		// The check's own port wins.
+		{"{type: tcp, port: 9000}", []netip.AddrPort{netip.AddrPortFrom(a1, 9000), netip.AddrPortFrom(a2, 9000)}},
+		{"{type: dns, port: 5353}", []netip.AddrPort{netip.AddrPortFrom(a1, 5353), netip.AddrPortFrom(a2, 5353)}},
+	} {
+		t.Run(tc.health, func(t *testing.T) {
+			s, err := Parse(file, []byte(svc+"health: "+tc.health+"\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []health.Target
+			for i, ap := range tc.want {
+				want = append(want, health.Target{Service: "mixed", Backend: s.Backends[i].Addr, Addr: ap, Check: *s.Health})
+			}
+			if got := s.HealthTargets(); !reflect.DeepEqual(got, want) {
+				t.Errorf("got  %+v\nwant %+v", got, want)
+			}
+		})
+	}
+	s, err := Parse(file, []byte(svc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.HealthTargets(); got != nil {
+		t.Errorf("no check: targets %+v, want none", got)
 	}
 }
