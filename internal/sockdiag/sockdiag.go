@@ -204,8 +204,16 @@ func (c *Conn) request(typ, flags uint16, body []byte, fn func([]byte) error) (i
 	if err := unix.Sendto(c.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return false, fmt.Errorf("send: %w", err)
 	}
-	// A failed request may leave answers queued; later requests skip them
-	// by sequence number.
+	// After fn fails, the rest of the answer is read and dropped: the
+	// kernel refuses a new dump (EBUSY) while one is unfinished. Answers
+	// left queued by a failed receive are skipped by sequence number.
+	var ferr error
+	each := func(b []byte) error {
+		if ferr == nil {
+			ferr = fn(b)
+		}
+		return nil
+	}
 	for {
 		n, _, rflags, from, err := unix.Recvmsg(c.fd, c.buf, nil, 0)
 		if err == unix.EINTR {
@@ -220,10 +228,13 @@ func (c *Conn) request(typ, flags uint16, body []byte, fn func([]byte) error) (i
 		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
 			continue // not from the kernel
 		}
-		done, i, err := parseMessages(c.buf[:n], seq, fn)
+		done, i, err := parseMessages(c.buf[:n], seq, each)
 		intr = intr || i
-		if err != nil || done {
+		if err != nil {
 			return intr, err
+		}
+		if done {
+			return intr, ferr
 		}
 	}
 }
