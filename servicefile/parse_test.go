@@ -637,3 +637,34 @@ backends:
 		t.Errorf("no check: targets %+v, want none", got)
 	}
 }
+
+// TestREADME parses every YAML example of the README's service-file
+// section.
+func TestREADME(t *testing.T) {
+	data, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(data), "\n## Service files\n")
+	if !ok {
+		t.Fatal("README.md has no \"## Service files\" section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	var examples int
+	for rest := section; ; {
+		var block string
+		if _, rest, ok = strings.Cut(rest, "\n```yaml\n"); !ok {
+			break
+		}
+		if block, rest, ok = strings.Cut(rest, "\n```\n"); !ok {
+			t.Fatal("README.md: a yaml block is not closed")
+		}
+		examples++
+		if _, err := Parse("README.md", []byte(block+"\n")); err != nil {
+			t.Errorf("example %d:\n%s\n%v", examples, block, err)
+		}
+	}
+	if examples < 3 {
+		t.Fatalf("found %d YAML examples in the service-file section, want at least 3", examples)
+	}
+}
