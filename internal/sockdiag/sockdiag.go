@@ -162,9 +162,14 @@ func (c *Conn) Sockets(family, proto uint8, states uint32) ([]Socket, error) {
 
 // Destroy closes s with SOCK_DESTROY, finding it by its exact identity
 // (addresses, ports, interface and cookie), so a socket that has since
-// been replaced by another with the same addresses is left alone. The
-// owner of a UDP socket gets ECONNABORTED and the socket is disconnected;
-// a TCP connection is reset. A socket already gone is not an error.
+// been replaced by another with the same addresses is left alone (a Cookie
+// of 0, which the kernel never gives, matches any). The owner of a UDP
+// socket gets ECONNABORTED from its next receive and the socket is
+// disconnected; a TCP connection is reset (RST to the peer, ECONNABORTED
+// to the owner). A socket already gone is not an error: the kernel's
+// ENOENT, which it also gives when the socket it finds by the addresses
+// has another cookie. It needs CAP_NET_ADMIN; a kernel without
+// CONFIG_INET_DIAG_DESTROY answers EOPNOTSUPP.
 func (c *Conn) Destroy(s Socket) error {
 	if _, err := c.destroy(s); err != nil {
 		return fmt.Errorf("destroy %s: %w", s, err)
@@ -391,6 +396,9 @@ func decodeMsg(b []byte, proto uint8) (Socket, error) {
 // idOf is the inet_diag_sockid that names s in a SOCK_DESTROY request.
 func idOf(s Socket) (sockID, error) {
 	id := sockID{sport: s.Local.Port(), dport: s.Remote.Port(), ifindex: s.Interface, cookie: s.Cookie}
+	if id.cookie == 0 {
+		id.cookie = noCookie
+	}
 	for _, a := range []struct {
 		addr netip.Addr
 		dst  *[16]byte

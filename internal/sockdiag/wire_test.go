@@ -66,6 +66,10 @@ func TestIDOfIPv6(t *testing.T) {
 	if _, err := idOf(Socket{Family: unix.AF_INET, Local: netip.MustParseAddrPort("[::1]:1"), Remote: netip.MustParseAddrPort("[::1]:2")}); err == nil {
 		t.Error("AF_INET socket with IPv6 addresses: no error")
 	}
+	id, err := idOf(Socket{Family: unix.AF_INET, Local: netip.MustParseAddrPort("127.0.0.1:1"), Remote: netip.MustParseAddrPort("127.0.0.1:2")})
+	if err != nil || id.cookie != noCookie {
+		t.Errorf("socket without a cookie: cookie %#x, %v; want INET_DIAG_NOCOOKIE", id.cookie, err)
+	}
 	if _, err := idOf(Socket{Family: unix.AF_INET}); err == nil {
 		t.Error("socket without addresses: no error")
 	}
@@ -203,8 +207,12 @@ func FuzzParseMessages(f *testing.F) {
 			if err != nil {
 				t.Fatalf("idOf(%+v) of a decoded socket: %v", s, err)
 			}
-			if got, _ := decodeMsg(diagMsg(s.Family, s.State, id, s.UID, s.Inode), unix.IPPROTO_UDP); got != s {
-				t.Fatalf("round trip: %+v became %+v", s, got)
+			want := s
+			if want.Cookie == 0 { // sent as INET_DIAG_NOCOOKIE
+				want.Cookie = noCookie
+			}
+			if got, _ := decodeMsg(diagMsg(s.Family, s.State, id, s.UID, s.Inode), unix.IPPROTO_UDP); got != want {
+				t.Fatalf("round trip: %+v became %+v", want, got)
 			}
 			return nil
 		})
