@@ -88,10 +88,11 @@ func Defaults(k Kind) Check {
 
 // Target is one backend of one service to check.
 type Target struct {
-	// Service is the service's name, Backend the backend's address as
-	// its file names it: together they identify the target.
+	// Service is the service's name, Backend the backend as its file
+	// names it (address, and port when the backend has one for every
+	// service port): together they identify the target.
 	Service string
-	Backend netip.Addr
+	Backend string
 	// Addr is what is probed: the backend's address and the check's port.
 	Addr  netip.AddrPort
 	Check Check

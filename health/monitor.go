@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,7 +92,7 @@ type Monitor struct {
 // targetKey identifies a target.
 type targetKey struct {
 	service string
-	backend netip.Addr
+	backend string
 }
 
 // target is one checked target and the goroutine checking it.
@@ -170,7 +171,7 @@ func (m *Monitor) Sync(targets []Target) {
 
 // Down reports whether the checks hold the backend of the service down.
 // A target not checked, or not checked yet, is not down.
-func (m *Monitor) Down(service string, backend netip.Addr) bool {
+func (m *Monitor) Down(service, backend string) bool {
 	m.mu.RLock()
 	t := m.targets[targetKey{service, backend}]
 	m.mu.RUnlock()
@@ -188,7 +189,7 @@ func (m *Monitor) Statuses() []Status {
 	}
 	m.mu.RUnlock()
 	slices.SortFunc(out, func(a, b Status) int {
-		return cmp.Or(cmp.Compare(a.Service, b.Service), a.Backend.Compare(b.Backend))
+		return cmp.Or(cmp.Compare(a.Service, b.Service), compareBackends(a.Backend, b.Backend))
 	})
 	return out
 }
@@ -359,4 +360,25 @@ func (s *machine) observe(ok bool, rise, fall int) bool {
 		s.state = Down
 	}
 	return s.state != old
+}
+
+// compareBackends orders backend names by address, then port ("10.0.0.2"
+// before "10.0.0.10"); a name that is not an address sorts as text.
+func compareBackends(a, b string) int {
+	pa, oka := parseBackend(a)
+	pb, okb := parseBackend(b)
+	if oka && okb {
+		return pa.Compare(pb)
+	}
+	return strings.Compare(a, b)
+}
+
+func parseBackend(s string) (netip.AddrPort, bool) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, true
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a, 0), true
+	}
+	return netip.AddrPort{}, false
 }

@@ -114,7 +114,7 @@ type watched struct {
 	changes chan change
 }
 
-func newWatched(t *testing.T, service string, backend netip.Addr, log *slog.Logger) *watched {
+func newWatched(t *testing.T, service, backend string, log *slog.Logger) *watched {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -171,7 +171,7 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-var backendA = netip.MustParseAddr("10.0.0.1")
+var backendA = "10.0.0.1:80"
 
 func fastTCP() Check {
 	return Check{Kind: TCP, Interval: 50 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 2, Fall: 3}
@@ -226,8 +226,8 @@ func TestMonitorFallRise(t *testing.T) {
 
 	out := logs.String()
 	for _, want := range []string{
-		`level=WARN msg="backend down" service=web backend=10.0.0.1 probe=` + b.addr.String() + ` check=tcp failures=3 err="connect: connection refused"`,
-		`level=INFO msg="backend up" service=web backend=10.0.0.1 probe=` + b.addr.String() + ` check=tcp passes=2`,
+		`level=WARN msg="backend down" service=web backend=10.0.0.1:80 probe=` + b.addr.String() + ` check=tcp failures=3 err="connect: connection refused"`,
+		`level=INFO msg="backend up" service=web backend=10.0.0.1:80 probe=` + b.addr.String() + ` check=tcp passes=2`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %s:\n%s", want, out)
@@ -247,7 +247,7 @@ func TestMonitorDeadAtStart(t *testing.T) {
 func TestMonitorRemove(t *testing.T) {
 	b := startTCP(t)
 	dead := closedPort(t, "127.0.0.1")
-	backendB := netip.MustParseAddr("10.0.0.2")
+	backendB := "10.0.0.2"
 	w := newWatched(t, "db", backendB, nil)
 	w.Sync([]Target{
 		{Service: "web", Backend: backendA, Addr: b.addr, Check: fastTCP()},
@@ -354,7 +354,7 @@ func TestMonitorKinds(t *testing.T) {
 	for _, c := range []*Check{&ok, &fail, &dnsCheck} {
 		c.Interval, c.Timeout = 50*time.Millisecond, 40*time.Millisecond
 	}
-	b1, b2, b3 := netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("fd00::1")
+	b1, b2, b3 := "10.0.0.2", "10.0.0.10", "[fd00::1]:53"
 	m := NewMonitor(Options{Logger: slog.New(slog.DiscardHandler)})
 	defer m.Close()
 	m.Sync([]Target{
@@ -377,7 +377,7 @@ func TestMonitorKinds(t *testing.T) {
 	}
 	want := []string{
 		`dns 10.0.0.10 up ""`,
-		`dns fd00::1 up ""`,
+		`dns [fd00::1]:53 up ""`,
 		`web 10.0.0.2 down "status 503, want 200-399"`,
 		`web 10.0.0.10 up ""`,
 	}
@@ -421,7 +421,7 @@ func TestMonitorClose(t *testing.T) {
 	}
 	var targets []Target
 	for i := range 100 {
-		backend := netip.AddrFrom4([4]byte{10, 1, 0, byte(i)})
+		backend := fmt.Sprintf("10.1.0.%d", i)
 		targets = append(targets, Target{Service: "tcp", Backend: backend, Addr: live.addr, Check: fastTCP()})
 		if i < 5 {
 			targets = append(targets,
@@ -468,7 +468,7 @@ func TestMonitorMany(t *testing.T) {
 	check := Check{Kind: TCP, Interval: 2 * time.Second, Timeout: 2 * time.Second, Rise: 1, Fall: 3}
 	var targets []Target
 	for i := range 1000 {
-		targets = append(targets, Target{Service: fmt.Sprintf("svc-%03d", i%100), Backend: netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)}), Addr: b.addr, Check: check})
+		targets = append(targets, Target{Service: fmt.Sprintf("svc-%03d", i%100), Backend: fmt.Sprintf("10.2.%d.%d", i>>8, i&255), Addr: b.addr, Check: check})
 	}
 	start := time.Now()
 	m.Sync(targets)
@@ -503,7 +503,7 @@ func TestMonitorMany(t *testing.T) {
 		t.Errorf("first checks from %v to %v after Sync", first.Sub(start), last.Sub(start))
 	}
 	if !slices.IsSortedFunc(sts, func(a, b Status) int {
-		return cmp.Or(strings.Compare(a.Service, b.Service), a.Backend.Compare(b.Backend))
+		return cmp.Or(strings.Compare(a.Service, b.Service), compareBackends(a.Backend, b.Backend))
 	}) {
 		t.Error("statuses not sorted")
 	}

@@ -6,11 +6,13 @@ package metrics
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"sockmesh/dnsstub"
+	"sockmesh/health"
 	"sockmesh/lb"
 	"sockmesh/registry"
 )
@@ -29,6 +31,9 @@ type Sources struct {
 	Registry func() *registry.Snapshot
 	// DNS reads the DNS stub's counters, usually (*dnsstub.Handler).Stats.
 	DNS func() dnsstub.Stats
+	// Health returns the health checks' results, usually
+	// (*health.Monitor).Statuses.
+	Health func() []health.Status
 }
 
 // collector is a prometheus.Collector over Sources.
@@ -50,6 +55,12 @@ type collector struct {
 	dnsUpstreamFailures *prometheus.Desc
 	dnsDropped          *prometheus.Desc
 	dnsCacheHits        *prometheus.Desc
+
+	backendState        *prometheus.Desc
+	healthState         *prometheus.Desc
+	healthChecks        *prometheus.Desc
+	healthSince         *prometheus.Desc
+	healthCheckDuration *prometheus.Desc
 }
 
 var (
@@ -100,6 +111,23 @@ func NewCollector(src Sources) prometheus.Collector {
 			"DNS queries the stub left unanswered (responses, forwards beyond the limit)."),
 		dnsCacheHits: desc("dns", "cache_hits_total",
 			"DNS answers the stub sent from its packed-answer cache."),
+
+		backendState: desc("backend", "state",
+			"1 for the state the backend is in (active, draining, down: the file's state, down when the health checks say so), 0 for the others. "+
+				"backend is the backend as the file names it (address, and port when it has one).",
+			"service", "backend", "state"),
+		healthState: desc("backend", "health",
+			"1 for what the health checks say of the backend (unknown before the first check, up, down), 0 for the others.",
+			"service", "backend", "state"),
+		healthChecks: desc("backend", "health_checks_total",
+			"Health checks run against the backend since it was added, by result (pass, fail).",
+			"service", "backend", "result"),
+		healthSince: desc("backend", "health_since_timestamp_seconds",
+			"Unix time at which the health checks' verdict on the backend last changed.",
+			"service", "backend"),
+		healthCheckDuration: desc("backend", "health_check_duration_seconds",
+			"How long the last health check of the backend took.",
+			"service", "backend"),
 	}
 }
 
@@ -110,6 +138,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.serviceTranslations, c.serviceRefused, c.backendTranslations,
 		c.services, c.servicesStale, c.registryErrors, c.lastApplyTime, c.lastApplyDuration,
 		c.dnsResponses, c.dnsForwarded, c.dnsUpstreamFailures, c.dnsDropped, c.dnsCacheHits,
+		c.backendState, c.healthState, c.healthChecks, c.healthSince, c.healthCheckDuration,
 	} {
 		ch <- d
 	}
@@ -135,6 +164,29 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if c.src.DNS != nil {
 		c.collectDNS(ch, c.src.DNS())
 	}
+	if c.src.Health != nil {
+		c.collectHealth(ch, c.src.Health())
+	}
+}
+
+func (c *collector) collectHealth(ch chan<- prometheus.Metric, sts []health.Status) {
+	for _, st := range sts {
+		name, be := st.Service, st.Backend
+		for _, s := range []health.State{health.Unknown, health.Up, health.Down} {
+			send(ch, c.healthState, prometheus.GaugeValue, oneIf(st.State == s), name, be, s.String())
+		}
+		send(ch, c.healthChecks, prometheus.CounterValue, float64(st.Passes), name, be, "pass")
+		send(ch, c.healthChecks, prometheus.CounterValue, float64(st.Failures), name, be, "fail")
+		send(ch, c.healthSince, prometheus.GaugeValue, float64(st.Since.UnixNano())/1e9, name, be)
+		send(ch, c.healthCheckDuration, prometheus.GaugeValue, st.LastDuration.Seconds(), name, be)
+	}
+}
+
+func oneIf(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (c *collector) collectRegistry(ch chan<- prometheus.Metric, snap *registry.Snapshot) {
@@ -147,6 +199,17 @@ func (c *collector) collectRegistry(ch chan<- prometheus.Metric, snap *registry.
 	send(ch, c.services, prometheus.GaugeValue, float64(len(snap.Services)))
 	send(ch, c.servicesStale, prometheus.GaugeValue, float64(stale))
 	send(ch, c.registryErrors, prometheus.GaugeValue, float64(len(snap.Errors)))
+	for _, sv := range snap.Services {
+		for _, b := range sv.Backends {
+			state := b.State
+			if slices.Contains(sv.HealthDown, b.Name()) {
+				state = lb.Down
+			}
+			for _, s := range []lb.BackendState{lb.Active, lb.Draining, lb.Down} {
+				send(ch, c.backendState, prometheus.GaugeValue, oneIf(state == s), sv.Name, b.Name(), s.String())
+			}
+		}
+	}
 	// A snapshot that was only checked has no apply to report.
 	if !snap.Applied.IsZero() {
 		send(ch, c.lastApplyTime, prometheus.GaugeValue, float64(snap.Applied.UnixNano())/1e9)
@@ -191,7 +254,7 @@ func serviceNames(snap *registry.Snapshot) map[lb.ServiceKey]string {
 	}
 	names := make(map[lb.ServiceKey]string)
 	for _, sv := range snap.Services {
-		for _, ls := range sv.LBServices(sv.VIPs) {
+		for _, ls := range sv.LBServices(sv.VIPs, nil) {
 			names[normalize(ls.Key)] = sv.Name
 		}
 	}

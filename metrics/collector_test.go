@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"sockmesh/dnsstub"
+	"sockmesh/health"
 	"sockmesh/lb"
 	"sockmesh/registry"
 	"sockmesh/servicefile"
@@ -47,11 +48,12 @@ func snapshot() *registry.Snapshot {
 					Ports: []servicefile.Port{{Number: 80, Proto: lb.TCP}},
 					Backends: []servicefile.Backend{
 						{Addr: netip.MustParseAddr("10.0.0.1"), Port: 8080},
-						{Addr: netip.MustParseAddr("10.0.0.2"), Port: 8080},
+						{Addr: netip.MustParseAddr("10.0.0.2"), Port: 8080, State: lb.Draining},
 					},
 				},
-				File: "services.d/web.yaml",
-				VIPs: []netip.Addr{webVIP},
+				File:       "services.d/web.yaml",
+				VIPs:       []netip.Addr{webVIP},
+				HealthDown: []string{"10.0.0.1:8080"},
 			},
 		},
 		Errors:    []*servicefile.Error{{File: "services.d/dns.yaml", Pos: servicefile.Pos{Line: 2}, Field: "ports", Msg: "bad"}},
@@ -182,14 +184,32 @@ sockmesh_registry_last_apply_timestamp_seconds 1.7000000005e+09
 # TYPE sockmesh_registry_last_apply_duration_seconds gauge
 sockmesh_registry_last_apply_duration_seconds 0.0015
 `
-	compare(t, Sources{Registry: snapshot}, want+applied)
+	names := []string{"sockmesh_services", "sockmesh_services_stale", "sockmesh_registry_errors", "sockmesh_registry_last_apply_timestamp_seconds", "sockmesh_registry_last_apply_duration_seconds"}
+	compare(t, Sources{Registry: snapshot}, want+applied, names...)
 
 	// A snapshot the datapath has not taken reports no apply.
 	compare(t, Sources{Registry: func() *registry.Snapshot {
 		s := snapshot()
 		s.Applied, s.ApplyTime = time.Time{}, 0
 		return s
-	}}, want)
+	}}, want, names...)
+
+	// Backend states: the file's, down where the health checks say so.
+	compare(t, Sources{Registry: snapshot}, `# HELP sockmesh_backend_state 1 for the state the backend is in (active, draining, down: the file's state, down when the health checks say so), 0 for the others. backend is the backend as the file names it (address, and port when it has one).
+# TYPE sockmesh_backend_state gauge
+sockmesh_backend_state{backend="10.0.0.1:8080",service="web",state="active"} 0
+sockmesh_backend_state{backend="10.0.0.1:8080",service="web",state="down"} 1
+sockmesh_backend_state{backend="10.0.0.1:8080",service="web",state="draining"} 0
+sockmesh_backend_state{backend="10.0.0.2:8080",service="web",state="active"} 0
+sockmesh_backend_state{backend="10.0.0.2:8080",service="web",state="down"} 0
+sockmesh_backend_state{backend="10.0.0.2:8080",service="web",state="draining"} 1
+sockmesh_backend_state{backend="10.0.1.1:5353",service="dns",state="active"} 1
+sockmesh_backend_state{backend="10.0.1.1:5353",service="dns",state="down"} 0
+sockmesh_backend_state{backend="10.0.1.1:5353",service="dns",state="draining"} 0
+sockmesh_backend_state{backend="10.0.1.2:5353",service="dns",state="active"} 1
+sockmesh_backend_state{backend="10.0.1.2:5353",service="dns",state="down"} 0
+sockmesh_backend_state{backend="10.0.1.2:5353",service="dns",state="draining"} 0
+`, "sockmesh_backend_state")
 }
 
 func TestDNS(t *testing.T) {
@@ -232,7 +252,12 @@ func TestNilSources(t *testing.T) {
 	}{
 		// 2 services + 2 refused + 4 backends.
 		{"datapath", Sources{Datapath: fixed().Datapath}, "sockmesh_", 8},
-		{"registry", Sources{Registry: snapshot}, "sockmesh_", 5},
+		// 5 registry gauges + 4 backends x 3 states.
+		{"registry", Sources{Registry: snapshot}, "sockmesh_", 17},
+		// 3 states + 2 results + since + duration.
+		{"health", Sources{Health: func() []health.Status {
+			return []health.Status{{Target: health.Target{Service: "web", Backend: "10.0.0.1:8080"}, State: health.Down, Passes: 3, Failures: 2}}
+		}}, "sockmesh_backend_", 7},
 		{"nil snapshot", Sources{Registry: func() *registry.Snapshot { return nil }}, "sockmesh_", 0},
 		// 3 rcodes + 4 counters.
 		{"dns", Sources{DNS: dnsStats}, "sockmesh_dns_", 7},

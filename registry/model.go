@@ -15,6 +15,8 @@ import (
 // edited file costs work in proportion to that file, not to the directory.
 type model struct {
 	ranges Ranges
+	// health holds backends down; nil: none is.
+	health HealthSource
 	asm    *assembler
 	vips   *vipTable
 
@@ -163,7 +165,7 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 	var fresh []Service
 	for p := range touched {
 		if prev, ok := m.final[p]; ok {
-			dl.old[p] = prev.LBServices(prev.VIPs)
+			dl.old[p] = prev.Datapath()
 			unsorted = append(unsorted, prev.Name)
 			delete(m.final, p)
 		}
@@ -181,9 +183,16 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 			}
 		}
 		slices.SortFunc(s.VIPs, netip.Addr.Compare)
+		if m.health != nil && svc.Health != nil {
+			for _, b := range svc.Backends {
+				if m.health.Down(svc.Name, b.Name()) {
+					s.HealthDown = append(s.HealthDown, b.Name())
+				}
+			}
+		}
 		m.final[p] = s
 		fresh = append(fresh, s)
-		dl.cur[p] = s.LBServices(s.VIPs)
+		dl.cur[p] = s.Datapath()
 	}
 	m.resort(unsorted, fresh)
 	return dl

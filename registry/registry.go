@@ -51,6 +51,15 @@ type Options struct {
 	// error by the first read keeps serving its last good version, as it
 	// would have had the daemon not restarted.
 	LastGood map[string][]byte
+	// Health, if set, holds backends down (failed health checks): the
+	// datapath gets them as down. Call Registry.HealthChanged when its
+	// answers change.
+	Health HealthSource
+}
+
+// HealthSource says which backends the health checks hold down.
+type HealthSource interface {
+	Down(service, backend string) bool
 }
 
 func (o *Options) setDefaults() error {
@@ -117,6 +126,12 @@ type Registry struct {
 
 	// pause, when set by a test, is waited on before each batch of events.
 	pause func()
+
+	// healthMu guards healthChanged: services whose backends' health
+	// changed since Run last looked; healthSig wakes Run.
+	healthMu      sync.Mutex
+	healthChanged map[string]bool
+	healthSig     chan struct{}
 }
 
 // New makes a registry for opts.Dir that applies to dp.
@@ -133,9 +148,47 @@ func New(opts Options, dp Applier) (*Registry, error) {
 		pending: map[string]bool{},
 		ready:   make(chan struct{}),
 		reload:  make(chan struct{}, 1),
+
+		healthChanged: map[string]bool{},
+		healthSig:     make(chan struct{}, 1),
 	}
 	r.snap.Store(&Snapshot{Dir: opts.Dir})
 	return r, nil
+}
+
+// HealthChanged tells Run that the health of some backends of the named
+// services changed: their datapath services are applied again, as a
+// changed file would be. Safe from any goroutine; never blocks.
+func (r *Registry) HealthChanged(services []string) {
+	r.healthMu.Lock()
+	for _, s := range services {
+		r.healthChanged[s] = true
+	}
+	r.healthMu.Unlock()
+	select {
+	case r.healthSig <- struct{}{}:
+	default:
+	}
+}
+
+// takeHealthChanged marks the files of the services whose health changed
+// as pending.
+func (r *Registry) takeHealthChanged() bool {
+	r.healthMu.Lock()
+	names := r.healthChanged
+	r.healthChanged = map[string]bool{}
+	r.healthMu.Unlock()
+	if r.model == nil {
+		return len(names) > 0 // a full apply reads every health state
+	}
+	changed := false
+	for name := range names {
+		if path, ok := r.model.asm.names[name]; ok {
+			r.pending[path] = true
+			changed = true
+		}
+	}
+	return changed
 }
 
 // Snapshot returns what is served now.
@@ -211,6 +264,8 @@ func (r *Registry) Run(ctx context.Context) error {
 			b.fail()
 		case <-timer.C:
 			b.due = true
+		case <-r.healthSig:
+			b.health = true
 		case <-r.reload:
 			r.log.Info("reloading: reading every service file again")
 			for _, f := range r.files {
@@ -245,6 +300,7 @@ type batch struct {
 	paths  map[string]bool
 	rescan bool // the directory (or an ancestor) changed, or events were lost
 	due    bool // a recheck or retry timer fired
+	health bool // backends' health changed (HealthChanged)
 }
 
 func (b *batch) add(wt *watches, ev fsnotify.Event) {
@@ -293,6 +349,9 @@ func (r *Registry) handle(wt *watches, b *batch) {
 		for path := range b.paths {
 			changed = r.scanFile(path, true) || changed
 		}
+	}
+	if b.health && r.takeHealthChanged() {
+		changed = true
 	}
 	if changed || r.dirty || r.model == nil {
 		r.apply()
@@ -480,6 +539,7 @@ func (r *Registry) apply() {
 	paths := slices.Collect(maps.Keys(r.pending))
 	if full {
 		r.model = newModel(r.opts.Ranges, r.opts.Limits)
+		r.model.health = r.opts.Health
 		paths = slices.Collect(maps.Keys(r.files))
 	}
 	clear(r.pending)

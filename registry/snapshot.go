@@ -25,6 +25,20 @@ type Service struct {
 	// Stale is true when the file now has errors and this is the last good
 	// version, still served.
 	Stale bool
+	// HealthDown are the backends (by Backend.Name) the health checks
+	// held down when the service was last applied: the datapath treats
+	// them as down whatever the file says.
+	HealthDown []string
+}
+
+// Datapath is what the service expands to: one datapath service per VIP
+// and port, with the backends the health checks hold down marked down.
+func (s Service) Datapath() []lb.Service {
+	var down func(string) bool
+	if len(s.HealthDown) > 0 {
+		down = func(b string) bool { return slices.Contains(s.HealthDown, b) }
+	}
+	return s.LBServices(s.VIPs, down)
 }
 
 // Snapshot is an immutable view of the registry: the services being
@@ -62,7 +76,7 @@ func (s *Snapshot) Lookup(name string) (Service, bool) {
 func (s *Snapshot) Datapath() []lb.Service {
 	var out []lb.Service
 	for _, sv := range s.Services {
-		out = append(out, sv.LBServices(sv.VIPs)...)
+		out = append(out, sv.Datapath()...)
 	}
 	return out
 }
@@ -149,7 +163,7 @@ func (a *assembler) check(path string, svc *servicefile.Service) []*servicefile.
 	}
 	u := a.usage
 	nvips := max(len(svc.VIPs), len(svc.Families))
-	for _, s := range svc.LBServices(placeholderVIPs(nvips)) {
+	for _, s := range svc.LBServices(placeholderVIPs(nvips), nil) {
 		u.Add(s)
 	}
 	if err := u.Fits(a.limits); err != nil {
@@ -193,7 +207,7 @@ func (a *assembler) remove(svc *servicefile.Service) {
 		}
 	}
 	nvips := max(len(svc.VIPs), len(svc.Families))
-	for _, s := range svc.LBServices(placeholderVIPs(nvips)) {
+	for _, s := range svc.LBServices(placeholderVIPs(nvips), nil) {
 		a.usage.Remove(s)
 	}
 }

@@ -70,7 +70,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("parser accepted what the datapath refuses: %v\ninput: %q", err, data)
 		}
 		// Every other backend failing its check.
-		down := func(a netip.Addr) bool { return a.As16()[15]%2 == 0 }
+		down := func(name string) bool { return nameAddr(name).As16()[15]%2 == 0 }
 		if err := lb.Validate(s.LBServices(vips, down), lim); err != nil {
 			t.Fatalf("parser accepted what the datapath refuses with backends down: %v\ninput: %q", err, data)
 		}

@@ -800,9 +800,8 @@ func (p *parser) healthCheck(n *yaml.Node) *health.Check {
 			hi, want = c.Interval, fmt.Sprintf("a duration above 0 and at most the interval (%s), such as 1s", short(c.Interval))
 		}
 		c.Timeout, _ = p.duration(kv[1], "health.timeout", "timeout", time.Nanosecond, hi, want)
-	} else if intervalOK && c.Timeout > c.Interval {
-		kv := f["interval"]
-		p.errorf(kv[1], "health.interval", "%q is shorter than the default timeout (%s): set a timeout of at most the interval too", kv[1].Value, short(c.Timeout))
+	} else if c.Timeout > c.Interval {
+		c.Timeout = c.Interval // a short interval shortens the default timeout
 	}
 	if kv, ok := f["rise"]; ok {
 		c.Rise, _ = p.number(kv[1], "health.rise", "count", 1, 100)

@@ -244,8 +244,6 @@ func TestParseErrors(t *testing.T) {
 			`services.d/web.yaml:4:31: health.interval: "2" is not a valid interval: want a duration from 10ms to 1h, such as 2s or 500ms`}},
 		{"health interval list", base + "health: {type: tcp, interval: [2s]}\n", []string{
 			`services.d/web.yaml:4:31: health.interval: want a duration from 10ms to 1h, such as 2s or 500ms, found a list`}},
-		{"health interval below the default timeout", base + "health: {type: tcp, interval: 500ms}\n", []string{
-			`services.d/web.yaml:4:31: health.interval: "500ms" is shorter than the default timeout (1s): set a timeout of at most the interval too`}},
 		{"health timeout zero", base + "health: {type: tcp, timeout: 0s}\n", []string{
 			`services.d/web.yaml:4:30: health.timeout: "0s" is not a valid timeout: want a duration above 0 and at most the interval (2s), such as 1s`}},
 		{"health timeout above the default interval", base + "health: {type: tcp, timeout: 3s}\n", []string{
@@ -572,7 +570,8 @@ close_connections: true
 	// passing one leaves the state alone. down is asked once per backend.
 	failing := map[netip.Addr]bool{netip.MustParseAddr("10.0.0.2"): true, netip.MustParseAddr("10.0.0.4"): true}
 	asked := map[netip.Addr]int{}
-	got = s.LBServices(s.VIPs, func(a netip.Addr) bool {
+	got = s.LBServices(s.VIPs, func(name string) bool {
+		a := nameAddr(name)
 		asked[a]++
 		return failing[a]
 	})
@@ -622,7 +621,7 @@ backends:
 			}
 			var want []health.Target
 			for i, ap := range tc.want {
-				want = append(want, health.Target{Service: "mixed", Backend: s.Backends[i].Addr, Addr: ap, Check: *s.Health})
+				want = append(want, health.Target{Service: "mixed", Backend: s.Backends[i].Name(), Addr: ap, Check: *s.Health})
 			}
 			if got := s.HealthTargets(); !reflect.DeepEqual(got, want) {
 				t.Errorf("got  %+v\nwant %+v", got, want)
@@ -666,5 +665,39 @@ func TestREADME(t *testing.T) {
 	}
 	if examples < 3 {
 		t.Fatalf("found %d YAML examples in the service-file section, want at least 3", examples)
+	}
+}
+
+// nameAddr is the address in a backend's Name.
+func nameAddr(name string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(name); err == nil {
+		return ap.Addr()
+	}
+	return netip.MustParseAddr(name)
+}
+
+func TestBackendName(t *testing.T) {
+	for _, tc := range []struct {
+		b    Backend
+		want string
+	}{
+		{Backend{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8080}, "127.0.0.1:8080"},
+		{Backend{Addr: netip.MustParseAddr("::1"), Port: 53}, "[::1]:53"},
+		{Backend{Addr: netip.MustParseAddr("10.0.0.1")}, "10.0.0.1"},
+	} {
+		if got := tc.b.Name(); got != tc.want {
+			t.Errorf("Name() = %q, want %q", got, tc.want)
+		}
+	}
+}
+
+// An interval below the default timeout shortens the timeout to it.
+func TestHealthShortIntervalShortensTimeout(t *testing.T) {
+	s, err := Parse("web.yaml", []byte("name: web\nports: [80]\nbackends: [127.0.0.1:8080]\nhealth: {type: tcp, interval: 500ms}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Health.Interval != 500*time.Millisecond || s.Health.Timeout != 500*time.Millisecond {
+		t.Errorf("interval %s timeout %s, want 500ms both", s.Health.Interval, s.Health.Timeout)
 	}
 }

@@ -105,6 +105,16 @@ type Backend struct {
 	Pos   Pos
 }
 
+// Name is how the file names the backend: its address, with the port when
+// one port serves every service port ("127.0.0.1:8080", "[::1]:53",
+// "10.0.0.1"). Two backends of a service never share a name.
+func (b Backend) Name() string {
+	if b.Port == 0 {
+		return b.Addr.String()
+	}
+	return netip.AddrPortFrom(b.Addr, b.Port).String()
+}
+
 // TargetPort is the backend port that serves service port p.
 func (b Backend) TargetPort(p Port) uint16 {
 	if p.Name != "" {
@@ -126,13 +136,13 @@ func (b Backend) TargetPort(p Port) uint16 {
 
 // LBServices expands the service into one datapath service per VIP and
 // port. vips are the service's VIPs (given or derived). down, when not nil,
-// reports the backends whose health check fails: they are lb.Down whatever
-// their own state. It is asked once per backend address.
-func (s *Service) LBServices(vips []netip.Addr, down func(backend netip.Addr) bool) []lb.Service {
+// reports the backends (by Backend.Name) whose health check fails: they
+// are lb.Down whatever their own state. It is asked once per backend.
+func (s *Service) LBServices(vips []netip.Addr, down func(backend string) bool) []lb.Service {
 	states := make([]lb.BackendState, len(s.Backends))
 	for i, b := range s.Backends {
 		states[i] = b.State
-		if down != nil && down(b.Addr) {
+		if down != nil && down(b.Name()) {
 			states[i] = lb.Down
 		}
 	}
@@ -184,7 +194,7 @@ func (s *Service) HealthTargets() []health.Target {
 		}
 		out = append(out, health.Target{
 			Service: s.Name,
-			Backend: b.Addr,
+			Backend: b.Name(),
 			Addr:    netip.AddrPortFrom(b.Addr, port),
 			Check:   *s.Health,
 		})

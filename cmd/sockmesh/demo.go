@@ -42,7 +42,7 @@ func serveDemoBackends(ctx context.Context, dir string, log *slog.Logger) error 
 	}
 	var addrs []netip.AddrPort
 	for _, sv := range snap.Services {
-		for _, ls := range sv.LBServices(sv.VIPs) {
+		for _, ls := range sv.LBServices(sv.VIPs, nil) {
 			for _, b := range ls.Backends {
 				if ls.Key.Proto == lb.TCP && b.Addr.Addr().IsLoopback() && !slices.Contains(addrs, b.Addr) {
 					addrs = append(addrs, b.Addr)

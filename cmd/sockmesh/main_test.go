@@ -36,7 +36,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	defer os.RemoveAll(dir)
-	testenv.Main(m, nil)
+	testenv.Main(m, map[string]testenv.Helper{
+		"id-server":  helperIDServer,
+		"dial-log":   helperDialLog,
+		"dns-client": helperDNSClient,
+	})
 }
 
 // sockmesh runs the binary and returns stdout, stderr and the exit code.

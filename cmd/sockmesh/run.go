@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"sockmesh/dnsstub"
+	"sockmesh/health"
 	"sockmesh/internal/cgroupv2"
 	"sockmesh/internal/hostnet"
 	"sockmesh/lb"
@@ -37,6 +38,10 @@ type runFlags struct {
 	ranges    rangeFlags
 	dns       dnsFlags
 	maps      mapSizeFlags
+	// excludeCgroups and excludeUIDs are clients whose traffic is never
+	// balanced.
+	excludeCgroups []string
+	excludeUIDs    []uint
 }
 
 // mapSizeFlags size the datapath maps when run creates them; pinned maps
@@ -96,6 +101,8 @@ removes everything.`,
 	f.ranges.add(cmd)
 	f.dns.add(cmd)
 	f.maps.add(cmd)
+	cmd.Flags().StringArrayVar(&f.excludeCgroups, "exclude-cgroup", nil, "cgroup v2 subtree (a path, or a name under the cgroup2 mount) whose connects and sends to VIPs go out unchanged, e.g. a sidecar's; repeatable, up to 8")
+	cmd.Flags().UintSliceVar(&f.excludeUIDs, "exclude-uid", nil, "uid whose connects and sends to VIPs go out unchanged; repeatable or comma-separated, up to 8")
 	return cmd
 }
 
@@ -232,6 +239,12 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		return err
 	}
 	log.Info("datapath attached", "cgroup", cg, "pins", f.paths.pinDir, "restored services", len(d.Services()))
+	if err := d.SetExclusions(cfg.excludeCgroups, cfg.excludeUIDs); err != nil {
+		return err
+	}
+	if len(cfg.excludeCgroups)+len(cfg.excludeUIDs) > 0 {
+		log.Info("not balanced: traffic of excluded clients", "cgroups", f.excludeCgroups, "uids", cfg.excludeUIDs)
+	}
 
 	if err := f.setUpNetwork(cfg, &st, record, log); err != nil {
 		return err
@@ -241,20 +254,46 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	if dnsHandler != nil {
 		onApply = publishDNS(dnsHandler)
 	}
+	// Health checks run from this process, straight to the backends'
+	// addresses; a change of state re-applies the services concerned.
+	var reg *registry.Registry
+	regReady := make(chan struct{})
+	mon := health.NewMonitor(health.Options{Logger: log, OnChange: func(services []string) {
+		<-regReady
+		reg.HealthChanged(services)
+	}})
+	closer := newSocketCloser(cg, d, log)
+	healthStop, healthDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(healthDone)
+		writeHealth(f.paths.healthFile(), mon, healthStop, log)
+	}()
+	// Stopped after the registry (stop below): the last snapshot's
+	// callbacks have run by then.
+	defer func() {
+		mon.Close()
+		closer.close()
+		close(healthStop)
+		<-healthDone
+	}()
 
-	reg, err := registry.New(registry.Options{
+	reg, err = registry.New(registry.Options{
 		Dir:      f.services,
 		Ranges:   ranges,
 		Limits:   d.Limits(),
 		Logger:   log,
 		LastGood: lastGood,
+		Health:   mon,
 		OnApply: func(s *registry.Snapshot) {
 			if onApply != nil {
 				onApply(s)
 			}
+			mon.Sync(healthTargets(s))
+			closer.add(s.Stats.Gone)
 			sw.publish(s)
 		},
 	}, d)
+	close(regReady)
 	if err != nil {
 		sw.close()
 		return err
@@ -298,7 +337,7 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		dnsErrs = dnsServer.Errors()
 	}
 	if cfg.metricsAddr.IsValid() {
-		src := metrics.Sources{Datapath: d.Stats, Registry: reg.Snapshot}
+		src := metrics.Sources{Datapath: d.Stats, Registry: reg.Snapshot, Health: mon.Statuses}
 		if dnsHandler != nil {
 			src.DNS = dnsHandler.Stats
 		}
@@ -369,6 +408,10 @@ type runConfig struct {
 	dns         *dnsstub.Handler // nil with --dns-listen off
 	dnsListen   []netip.AddrPort
 	metricsAddr netip.AddrPort // invalid when off
+	// excludeCgroups and excludeUIDs are --exclude-cgroup and
+	// --exclude-uid, resolved.
+	excludeCgroups []lb.ExcludedCgroup
+	excludeUIDs    []uint32
 }
 
 // check checks every flag, before anything on the host is touched, and
@@ -397,6 +440,9 @@ func (f *runFlags) check(log *slog.Logger) (*runConfig, error) {
 			return nil, err
 		}
 		cfg.dnsListen = listen
+	}
+	if cfg.excludeCgroups, cfg.excludeUIDs, err = f.exclusions(); err != nil {
+		return nil, err
 	}
 	if f.metrics != "off" {
 		if cfg.metricsAddr, err = parseAddrPort(f.metrics, 0); err != nil || cfg.metricsAddr.Port() == 0 {
@@ -447,4 +493,45 @@ func (f *runFlags) setUpNetwork(cfg *runConfig, st *daemonState, record func() e
 		st.Metrics = cfg.metricsAddr.String()
 	}
 	return nil
+}
+
+// exclusions resolves --exclude-cgroup and --exclude-uid. An excluded
+// cgroup must exist: its id is what the datapath compares.
+func (f *runFlags) exclusions() ([]lb.ExcludedCgroup, []uint32, error) {
+	if len(f.excludeCgroups) > lb.MaxExclusions {
+		return nil, nil, fmt.Errorf("parse --exclude-cgroup: %d given, at most %d", len(f.excludeCgroups), lb.MaxExclusions)
+	}
+	if len(f.excludeUIDs) > lb.MaxExclusions {
+		return nil, nil, fmt.Errorf("parse --exclude-uid: %d given, at most %d", len(f.excludeUIDs), lb.MaxExclusions)
+	}
+	var cgs []lb.ExcludedCgroup
+	if len(f.excludeCgroups) > 0 {
+		root, err := cgroupv2.Mountpoint()
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, c := range f.excludeCgroups {
+			path := c
+			if !filepath.IsAbs(path) {
+				path = filepath.Join(root, path)
+			}
+			level, err := cgroupv2.Level(root, path)
+			if err != nil {
+				return nil, nil, fmt.Errorf("parse --exclude-cgroup %s: %w", c, err)
+			}
+			id, err := cgroupv2.ID(path)
+			if err != nil {
+				return nil, nil, fmt.Errorf("parse --exclude-cgroup %s: %w", c, err)
+			}
+			cgs = append(cgs, lb.ExcludedCgroup{ID: id, Level: level})
+		}
+	}
+	var uids []uint32
+	for _, u := range f.excludeUIDs {
+		if u > 1<<32-2 {
+			return nil, nil, fmt.Errorf("parse --exclude-uid: %d is not a uid", u)
+		}
+		uids = append(uids, uint32(u))
+	}
+	return cgs, uids, nil
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +50,12 @@ func (p *pathFlags) stateFile() string {
 	}
 	sum := sha256.Sum256([]byte(pin))
 	return filepath.Join(p.stateDir, fmt.Sprintf("state-%x.json", sum[:6]))
+}
+
+// healthFile is where the daemon keeps its health checks' results, next
+// to the state file: rewritten every second while checks run.
+func (p *pathFlags) healthFile() string {
+	return strings.TrimSuffix(p.stateFile(), ".json") + ".health.json"
 }
 
 // daemonState is what the daemon leaves in its state file: enough for

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -100,9 +101,13 @@ type backendStatus struct {
 	Address string `json:"address"`
 	// Weight is the backend's share of the service's slots (weights
 	// divided by their greatest common divisor).
-	Weight      uint16 `json:"weight"`
+	Weight uint16 `json:"weight"`
+	// State is active, draining or down: the file's state, down when the
+	// health checks hold the backend down.
 	State       string `json:"state"`
 	Connections uint64 `json:"connections"`
+	// Health is what the health checks say, when the service has them.
+	Health *healthJSON `json:"health,omitempty"`
 }
 
 func readStatus(paths *pathFlags) (*statusReport, error) {
@@ -123,8 +128,20 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 	type name struct {
 		name, file string
 		stale      bool
+		svc        lb.Service // as the daemon applied it, all backends
+		// health is each backend's check, by its address for this key.
+		health map[netip.AddrPort]*healthJSON
 	}
 	names := map[lb.ServiceKey]name{}
+	checks := map[string]map[string]*healthJSON{} // service -> backend name
+	if hs, err := readHealth(paths.healthFile()); err == nil {
+		for i, h := range hs {
+			if checks[h.Service] == nil {
+				checks[h.Service] = map[string]*healthJSON{}
+			}
+			checks[h.Service][h.Backend] = &hs[i]
+		}
+	}
 	if st != nil {
 		rep.Daemon.PID, rep.Daemon.Version, rep.Daemon.Started = st.PID, st.Version, st.Started
 		rep.Daemon.Cgroup, rep.Daemon.DNS, rep.Daemon.Metrics = st.Cgroup, st.DNSListen, st.Metrics
@@ -134,8 +151,17 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 			if err != nil {
 				continue // written by another version: the service shows unnamed
 			}
-			for _, ls := range svc.LBServices(sv.VIPs) {
-				names[ls.Key] = name{sv.Name, sv.File, sv.Stale}
+			down := func(b string) bool {
+				h := checks[sv.Name][b]
+				return h != nil && h.State == "down"
+			}
+			for _, ls := range svc.LBServices(sv.VIPs, down) {
+				n := name{sv.Name, sv.File, sv.Stale, ls, map[netip.AddrPort]*healthJSON{}}
+				for i, b := range svc.Backends {
+					// LBServices keeps the file's backend order.
+					n.health[ls.Backends[i].Addr] = checks[sv.Name][b.Name()]
+				}
+				names[normalizeKey(ls.Key)] = n
 			}
 		}
 	}
@@ -157,15 +183,20 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 		stats[s.Key] = s
 	}
 	for _, s := range pinned.Services {
-		n := names[s.Key]
+		n, named := names[s.Key]
 		c := stats[s.Key]
+		if named {
+			// The file's view: every backend, in every state (the maps
+			// hold only those taking new connections).
+			s.Backends = n.svc.Backends
+		}
 		ss := svcStatus{
 			Name: n.name, File: n.file, Stale: n.stale,
 			VIP: s.Key.VIP.String(), Port: s.Key.Port, Protocol: s.Key.Proto.String(),
 			Connections: c.Translations, Refused: c.Refused, Backends: []backendStatus{},
 		}
 		for _, b := range s.Backends {
-			bs := backendStatus{Address: b.Addr.String(), Weight: b.Weight, State: "active"}
+			bs := backendStatus{Address: b.Addr.String(), Weight: max(b.Weight, 1), State: b.State.String(), Health: n.health[b.Addr]}
 			for _, bc := range c.Backends {
 				if bc.Addr == b.Addr {
 					bs.Connections = bc.Translations
@@ -218,18 +249,25 @@ func (rep *statusReport) writeTable(w io.Writer) error {
 	if len(rep.Services) > 0 {
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SERVICE\tVIP:PORT/PROTO\tBACKEND\tWEIGHT\tSTATE\tCONNECTIONS")
+		fmt.Fprintln(tw, "SERVICE\tVIP:PORT/PROTO\tBACKEND\tWEIGHT\tSTATE\tHEALTH\tSINCE\tCONNECTIONS")
 		for _, s := range rep.Services {
 			name := orUnknown(s.Name)
 			if s.Stale {
 				name += " (stale)"
 			}
-			fmt.Fprintf(tw, "%s\t%s/%s\t\t\t\t%d\n", name, joinHostPort(s.VIP, s.Port), s.Protocol, s.Connections)
+			fmt.Fprintf(tw, "%s\t%s/%s\t\t\t\t\t\t%d\n", name, joinHostPort(s.VIP, s.Port), s.Protocol, s.Connections)
 			if len(s.Backends) == 0 {
-				fmt.Fprintf(tw, "\t\tnone: refuses connections\t\t\t%d refused\n", s.Refused)
+				fmt.Fprintf(tw, "\t\tnone: refuses connections\t\t\t\t\t%d refused\n", s.Refused)
 			}
 			for _, b := range s.Backends {
-				fmt.Fprintf(tw, "\t\t%s\t%d\t%s\t%d\n", b.Address, b.Weight, b.State, b.Connections)
+				check, since := "-", "-"
+				if h := b.Health; h != nil {
+					check, since = h.summary(), time.Since(h.Since).Round(time.Second).String()
+				}
+				fmt.Fprintf(tw, "\t\t%s\t%d\t%s\t%s\t%s\t%d\n", b.Address, b.Weight, b.State, check, since, b.Connections)
+			}
+			if s.Refused > 0 && len(s.Backends) > 0 {
+				fmt.Fprintf(tw, "\t\t(refused: no backend taking connections)\t\t\t\t\t%d\n", s.Refused)
 			}
 		}
 		if err := tw.Flush(); err != nil {
@@ -262,4 +300,35 @@ func joinHostPort(host string, port uint16) string {
 func (e errorJSON) String() string {
 	se := servicefile.Error{File: e.File, Pos: servicefile.Pos{Line: e.Line, Column: e.Column}, Field: e.Field, Msg: e.Message}
 	return se.Error()
+}
+
+// summary is the HEALTH column: the checks' verdict and the last result.
+func (h *healthJSON) summary() string {
+	last := "not checked yet"
+	switch {
+	case h.LastCheck.IsZero():
+	case h.LastOK:
+		last = fmt.Sprintf("%s ok in %s, %s ago", h.Check, h.LastDuration.Round(10*time.Microsecond), time.Since(h.LastCheck).Round(time.Second))
+	default:
+		last = fmt.Sprintf("%s failed %s ago: %s", h.Check, time.Since(h.LastCheck).Round(time.Second), h.LastError)
+	}
+	return h.State + " (" + last + ")"
+}
+
+// readHealth reads the health file; a missing one has no checks.
+func readHealth(path string) ([]healthJSON, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var hs []healthJSON
+	if err := json.Unmarshal(data, &hs); err != nil {
+		return nil, fmt.Errorf("read health %s: %w", path, err)
+	}
+	return hs, nil
+}
+
+func normalizeKey(k lb.ServiceKey) lb.ServiceKey {
+	k.VIP = k.VIP.Unmap()
+	return k
 }
