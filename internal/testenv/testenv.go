@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -56,7 +57,8 @@ func Main(m *testing.M, helpers map[string]Helper) {
 		os.Exit(h(os.Args[1:]))
 	}
 	if os.Geteuid() != 0 || os.Getenv(envNetns) == "1" {
-		if os.Getenv(envNetns) == "1" {
+		// A fuzz worker inherits the namespace its coordinator set up.
+		if os.Getenv(envNetns) == "1" && !slices.Contains(os.Args, "-test.fuzzworker") {
 			if err := setupNetns(); err != nil {
 				fmt.Fprintf(os.Stderr, "testenv: set up test network namespace: %v\n", err)
 				os.Exit(1)
