@@ -12,7 +12,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"sockmesh/health"
+	"sockmesh/lb"
 	"sockmesh/registry"
+	"sockmesh/servicefile"
 )
 
 func newCheckCmd(g *globalFlags) *cobra.Command {
@@ -98,7 +101,7 @@ func writeCheckTable(w io.Writer, s *registry.Snapshot) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tVIPS\tPORTS\tBACKENDS\tFILE")
+	fmt.Fprintln(tw, "SERVICE\tVIPS\tPORTS\tBACKENDS\tPOLICY\tHEALTH\tFILE")
 	for _, sv := range s.Services {
 		var vips, ports, backends []string
 		for _, v := range sv.VIPs {
@@ -125,12 +128,15 @@ func writeCheckTable(w io.Writer, s *registry.Snapshot) error {
 			if b.Weight > 1 {
 				s += fmt.Sprintf(" (weight %d)", b.Weight)
 			}
+			if b.State != lb.Active {
+				s += " (" + b.State.String() + ")"
+			}
 			backends = append(backends, s)
 		}
 		if len(backends) == 0 {
 			backends = []string{"none: refuses connections"}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", sv.Name, strings.Join(vips, " "), strings.Join(ports, " "), strings.Join(backends, ", "), sv.File)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", sv.Name, strings.Join(vips, " "), strings.Join(ports, " "), strings.Join(backends, ", "), policyString(sv.Service), healthString(sv.Health), sv.File)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -139,6 +145,30 @@ func writeCheckTable(w io.Writer, s *registry.Snapshot) error {
 		fmt.Fprintf(w, "note: %s\n", c)
 	}
 	return nil
+}
+
+// policyString is the POLICY column: the policy, the client key where it
+// matters, and the affinity.
+func policyString(s *servicefile.Service) string {
+	out := s.Policy.String()
+	if s.Policy == lb.Maglev || s.Affinity > 0 {
+		out += " by " + s.Client.String()
+	}
+	if s.Affinity > 0 {
+		out += ", affinity " + s.Affinity.String()
+	}
+	if s.CloseConnections {
+		out += ", close connections"
+	}
+	return out
+}
+
+// healthString is the HEALTH column: the check and its timing.
+func healthString(c *health.Check) string {
+	if c == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%s every %s (rise %d, fall %d)", c.Kind, c.Interval, c.Rise, c.Fall)
 }
 
 func portString(p, name string) string {
@@ -167,6 +197,8 @@ type serviceJSON struct {
 	Stale    bool          `json:"stale"`
 	Ports    []portJSON    `json:"ports"`
 	Backends []backendJSON `json:"backends"`
+	Policy   string        `json:"policy"`
+	Health   string        `json:"health"`
 }
 
 type portJSON struct {
@@ -180,6 +212,7 @@ type backendJSON struct {
 	Port    uint16            `json:"port,omitempty"`
 	Weight  uint16            `json:"weight"`
 	Ports   map[string]uint16 `json:"ports,omitempty"`
+	State   string            `json:"state"`
 }
 
 type errorJSON struct {
@@ -193,7 +226,7 @@ type errorJSON struct {
 func writeCheckJSON(w io.Writer, s *registry.Snapshot) error {
 	out := checkJSON{Services: []serviceJSON{}, Errors: []errorJSON{}, Collisions: []string{}}
 	for _, sv := range s.Services {
-		js := serviceJSON{Name: sv.Name, File: sv.File, Derived: sv.Derived, Stale: sv.Stale}
+		js := serviceJSON{Name: sv.Name, File: sv.File, Derived: sv.Derived, Stale: sv.Stale, Policy: policyString(sv.Service), Health: healthString(sv.Health)}
 		for _, v := range sv.VIPs {
 			js.VIPs = append(js.VIPs, v.String())
 		}
@@ -201,7 +234,7 @@ func writeCheckJSON(w io.Writer, s *registry.Snapshot) error {
 			js.Ports = append(js.Ports, portJSON{p.Number, p.Proto.String(), p.Name})
 		}
 		for _, b := range sv.Backends {
-			js.Backends = append(js.Backends, backendJSON{b.Addr.String(), b.Port, b.Weight, b.Ports})
+			js.Backends = append(js.Backends, backendJSON{b.Addr.String(), b.Port, b.Weight, b.Ports, b.State.String()})
 		}
 		out.Services = append(out.Services, js)
 	}
