@@ -161,13 +161,14 @@ func TestMaglevMovesFewClients(t *testing.T) {
 	share := float64(moved) / float64(len(before))
 	t.Logf("removing 1 of %d backends moved %d of %d clients (%.1f %%; %d had the removed backend; %d of the %d others moved)",
 		n, moved, len(before), 100*share, len(before)-others, movedOthers, others)
-	// 1/N is 10 %: the removed backend's own clients. Maglev's table
-	// disruption adds a little (11.3 % of the default table changes, see
-	// TestMaglevTableDisruption); a hash with no consistency moves ~90 %.
-	// 16 % is 3 standard deviations above the expected 11.3 % for 400
-	// clients.
-	if share > 0.16 {
-		t.Errorf("moved %.1f %% of clients, want about 1/N = %.0f %% at most", 100*share, 100.0/n)
+	// The removed backend's own clients must move: about 1/N of them,
+	// give or take how the hash spread 400 clients. Of the others,
+	// Maglev's table disruption moves a few (1.3 % of the default table
+	// changes hands between survivors, see TestMaglevTableDisruption); a
+	// hash with no consistency would move ~90 %. 5 % is 6 standard
+	// deviations above the expected 1.3 % for 360 clients.
+	if others := float64(movedOthers) / float64(others); others > 0.05 {
+		t.Errorf("%.1f %% of the clients of the remaining backends moved, want at most 5 %% (Maglev keeps them)", 100*others)
 	}
 }
 
