@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -300,7 +301,7 @@ func TestUDPSocketClosedOnRemoval(t *testing.T) {
 		if strings.HasPrefix(l, "error") {
 			// SOCK_DESTROY: a blocked read gets ECONNABORTED; a
 			// write first finds the socket disconnected.
-			if !strings.Contains(l, "connection aborted") && !strings.Contains(l, "destination address required") {
+			if !strings.Contains(l, "software caused connection abort") && !strings.Contains(l, "destination address required") {
 				t.Fatalf("socket error %q, want ECONNABORTED or EDESTADDRREQ (SOCK_DESTROY)", l)
 			}
 			closedAt = time.Now()
@@ -435,4 +436,136 @@ func helperDNSClient(args []string) int {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return 0
+}
+
+// startHoldServer accepts TCP connections on addr, writes addr and a
+// newline to each and keeps it open until the peer closes it.
+func startHoldServer(t *testing.T, addr string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Write([]byte(addr + "\n"))
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return addr
+}
+
+// A TCP connection to a removed backend is left to finish, unless the
+// service says close_connections: then it is reset.
+func TestTCPConnectionsOnRemoval(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.NewCgroup(t)
+	dir, put := servicesDir(t)
+	a := startHoldServer(t, "127.0.0.1:9601")
+	b := startHoldServer(t, "127.0.0.1:9602")
+	file := func(closeConns bool, backends ...string) string {
+		return fmt.Sprintf("name: shop\nvip: [198.18.9.80]\nports: [80]\nclose_connections: %v\nbackends: [%s]\n", closeConns, strings.Join(backends, ", "))
+	}
+	put("shop.yaml", file(false, a, b))
+	_, paths := meshDaemon(t, dir, cg)
+	for _, closeConns := range []bool{false, true} {
+		t.Run(fmt.Sprintf("close_connections=%v", closeConns), func(t *testing.T) {
+			put("shop.yaml", file(closeConns, a, b))
+			waitBackends(t, paths, "shop", 2)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			client := cg.Helper(ctx, t, "hold-tcp", "198.18.9.80:80", "2s")
+			stdout, err := client.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := client.Start(); err != nil {
+				t.Fatal(err)
+			}
+			sc := bufio.NewScanner(stdout)
+			if !sc.Scan() {
+				t.Fatal("client printed nothing")
+			}
+			got, ok := strings.CutPrefix(sc.Text(), "connected ")
+			if !ok {
+				t.Fatalf("client: %q", sc.Text())
+			}
+			kept := a
+			if got == a {
+				kept = b
+			}
+			put("shop.yaml", file(closeConns, kept))
+			if !sc.Scan() {
+				t.Fatal("client ended without a word")
+			}
+			end := sc.Text()
+			client.Wait()
+			switch {
+			case closeConns && !strings.Contains(end, "software caused connection abort"):
+				t.Errorf("close_connections: true: the connection to the removed %s ended with %q, want ECONNABORTED", got, end)
+			case !closeConns && end != "open":
+				t.Errorf("close_connections: false: the connection to the removed %s ended with %q, want it still open", got, end)
+			}
+		})
+	}
+}
+
+// helperHoldTCP: args addr wait. Connects, prints "connected <what the
+// server said>", then reads for wait and prints "open" if the connection
+// is still there, or "error <err>".
+func helperHoldTCP(args []string) int {
+	wait, _ := time.ParseDuration(args[1])
+	c, err := net.DialTimeout("tcp", args[0], 2*time.Second)
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	fmt.Println("connected", strings.TrimSpace(line))
+	end := time.Now().Add(wait)
+	for {
+		c.SetReadDeadline(end)
+		_, err = r.ReadByte()
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		break
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		fmt.Println("open")
+		return 0
+	}
+	fmt.Println("error", err)
+	return 0
+}
+
+// waitBackends waits until status shows n backends of service.
+func waitBackends(t *testing.T, paths []string, service string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, s := range readStatusJSON(t, paths).Services {
+			if s.Name == service && len(s.Backends) == n {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s has not %d backends after 5s", service, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -40,6 +40,7 @@ func TestMain(m *testing.M) {
 		"id-server":  helperIDServer,
 		"dial-log":   helperDialLog,
 		"dns-client": helperDNSClient,
+		"hold-tcp":   helperHoldTCP,
 	})
 }
 
