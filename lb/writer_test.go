@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -133,6 +134,13 @@ func (f *fake) resolve() map[ServiceKey]string {
 			out[keyOf(k)] = "HALF-WRITTEN"
 			continue
 		}
+		if Policy((m.Flags&flagPolicyMask)>>flagPolicyBit) == RoundRobin || m.Flags&flagAffinity != 0 {
+			// Round-robin and affinity read sm_svc_opts.
+			if _, ok := f.opts.m[m.Id]; !ok {
+				out[keyOf(k)] = "HALF-WRITTEN"
+				continue
+			}
+		}
 		var parts []string
 		for _, a := range slices.SortedFunc(maps.Keys(weights), netip.AddrPort.Compare) {
 			parts = append(parts, fmt.Sprintf("%s*%d", a, weights[a]))
@@ -167,12 +175,15 @@ func (f *fake) strays() int {
 	w, _ := newWriter(f.tables(), f.limits())
 	live := 0
 	for _, s := range w.Services() {
-		live += 1 + slotCount(s.Backends) + len(s.Backends)*2 + 1
+		live += 1 + s.slotsNeeded() + len(s.Backends)*2 + 1
 		if s.LocalName {
 			live += len(s.Backends)
 		}
+		if s.needsOpts() {
+			live++
+		}
 	}
-	return len(f.services.m) + len(f.backends.m) + len(f.counters.m) + len(f.locals.m) - live
+	return len(f.services.m) + len(f.backends.m) + len(f.counters.m) + len(f.locals.m) + len(f.opts.m) - live
 }
 
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
@@ -197,6 +208,39 @@ func scenario() [][]Service {
 		{web(), dnsSvc},
 		// the DNS service goes, web comes back
 		{web(ap("127.0.0.5:8080"))},
+		{},
+	}
+}
+
+// scenarioPolicies replays policies and backend states: round-robin with
+// affinity whose backends drain and go down, Maglev whose set shrinks and
+// which turns random, and back.
+func scenarioPolicies() [][]Service {
+	a, b, c := ap("127.0.0.1:80"), ap("127.0.0.2:80"), ap("127.0.0.3:80")
+	rr := func(states ...BackendState) Service {
+		s := svc("198.18.0.20", 80, TCP, a, b, c)
+		s.Policy, s.Affinity = RoundRobin, time.Minute
+		for i := range states {
+			s.Backends[i].State = states[i]
+		}
+		return s
+	}
+	mg := func(policy Policy, bs ...netip.AddrPort) Service {
+		s := svc("198.18.0.21", 80, TCP, bs...)
+		s.Policy = policy
+		if policy == Maglev {
+			s.MaglevTable = 251
+		}
+		return s
+	}
+	plain := rr(Active, Active, Active)
+	plain.Policy, plain.Affinity = Random, 0
+	return [][]Service{
+		{rr(Active, Active, Draining), mg(Maglev, a, b, c)},
+		{rr(Down, Active, Draining), mg(Maglev, a, b)},
+		{rr(Down, Down, Draining), mg(Random, a, b)},
+		{rr(Down, Down, Down), mg(Maglev, c)},
+		{plain},
 		{},
 	}
 }
@@ -248,6 +292,15 @@ func golden(t *testing.T, name, got string) {
 // the maps still never show a half state, and one clean Apply converges
 // with nothing left over.
 func TestWriterNoHalfStateUnderFailures(t *testing.T) {
+	for _, sc := range []struct {
+		name  string
+		steps [][]Service
+	}{{"basic", scenario()}, {"policies", scenarioPolicies()}} {
+		t.Run(sc.name, func(t *testing.T) { noHalfState(t, sc.steps) })
+	}
+}
+
+func noHalfState(t *testing.T, steps [][]Service) {
 	for failEvery := 0; failEvery <= 13; failEvery++ {
 		if failEvery == 1 {
 			continue // nothing could ever succeed
@@ -258,7 +311,7 @@ func TestWriterNoHalfStateUnderFailures(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for i, step := range scenario() {
+			for i, step := range steps {
 				before := f.resolve()
 				want := resolveSet(step)
 				f.afterOp = func() {
