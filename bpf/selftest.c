@@ -23,12 +23,11 @@ SEC("syscall")
 int sm_select(struct select_args *args)
 {
 	struct svc_key key = args->key;
-	struct svc_value *master;
+	struct svc_value master;
 	struct backend be = {};
 	__u32 svc_id = 0, backend_id = 0;
 
-	master = lookup_master(&key);
-	if (master)
+	if (read_master(&key, &master))
 		args->result = select_backend(&key, master, args->entropy,
 					      args->rr, args->ticket, &be,
 					      &svc_id, &backend_id);

@@ -408,6 +408,21 @@ static __always_inline struct svc_value *lookup_master(struct svc_key *key)
 	return bpf_map_lookup_elem(&sm_services, key);
 }
 
+/* read_master copies the master entry of key into *out at once: a hash
+ * element the control plane replaces may be reused for another entry while
+ * a reader still holds its pointer, so the programs never read a master
+ * field through the pointer later on. */
+static __always_inline int read_master(struct svc_key *key,
+				       struct svc_value *out)
+{
+	struct svc_value *m = lookup_master(key);
+
+	if (!m)
+		return 0;
+	*out = *m;
+	return 1;
+}
+
 /* select_backend picks the backend of the service whose master entry the
  * caller found: in slot ticket % count for round-robin (rr set: exactly
  * even over count consecutive tickets), else in slot entropy*count/2^32 (a
@@ -419,7 +434,7 @@ static __always_inline struct svc_value *lookup_master(struct svc_key *key)
  * master), so a miss there re-reads the master, a bounded number of times
  * (a constant-bounded loop: the verifier walks it, kernels >= 5.3). */
 static __always_inline enum select_result
-select_backend(struct svc_key *key, struct svc_value *master, __u32 entropy,
+select_backend(struct svc_key *key, struct svc_value master, __u32 entropy,
 	       int rr, __u64 ticket, struct backend *out, __u32 *svc_id,
 	       __u32 *backend_id)
 {
@@ -430,16 +445,18 @@ select_backend(struct svc_key *key, struct svc_value *master, __u32 entropy,
 		struct backend *be;
 		__u32 count, base;
 
-		if (i > 0) {
-			master = lookup_master(key);
-			if (!master)
-				return SELECT_MISS; /* the service is gone */
+		if (i > 0 && !read_master(key, &master))
+			return SELECT_MISS; /* the service is gone */
+		*svc_id = master.id;
+		count = master.count;
+		base = master.base;
+		/* Refuse only on a second reading: the first copy may be of
+		 * an element reused under the reader (see read_master). */
+		if (count == 0) {
+			if (i > 0)
+				return SELECT_REFUSE;
+			continue;
 		}
-		*svc_id = master->id;
-		count = master->count;
-		base = master->base;
-		if (count == 0)
-			return SELECT_REFUSE;
 
 		if (rr) /* count != 0 here; the verifier also accepts it bare */
 			key->slot = base + 1 + (__u32)(ticket % count);
@@ -543,7 +560,8 @@ static __always_inline int affinity_lookup(__u32 svc_id, __u64 client,
 	if (!av)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (now - av->last_ns > timeout_ns)
+	/* Signed: another CPU may have stored a last_ns newer than now. */
+	if ((__s64)(now - av->last_ns) > (__s64)timeout_ns)
 		return 0;
 	*backend_id = av->backend_id;
 	be = bpf_map_lookup_elem(&sm_backends, backend_id);
@@ -633,7 +651,7 @@ static __always_inline int translate_forward(struct bpf_sock_addr *ctx, int v6,
 					     enum hook hook)
 {
 	struct svc_key key = {};
-	struct svc_value *master;
+	struct svc_value master;
 	struct svc_opts *opts = NULL;
 	struct backend be;
 	__u32 svc_id = 0, backend_id = 0, entropy = 0, flags, policy;
@@ -650,14 +668,13 @@ static __always_inline int translate_forward(struct bpf_sock_addr *ctx, int v6,
 		return 1;
 	key.port = read_user_port(ctx);
 	key.proto = (__u8)proto;
-	master = lookup_master(&key);
-	if (!master)
+	if (!read_master(&key, &master))
 		return 1;
 	if (excluded())
 		return 1;
 
-	flags = master->flags;
-	svc_id = master->id;
+	flags = master.flags;
+	svc_id = master.id;
 	policy = (flags & SVC_F_POLICY_MASK) >> SVC_F_POLICY_SHIFT;
 	if (policy == POLICY_MAGLEV || (flags & SVC_F_AFFINITY))
 		client = client_id(ctx, flags);
