@@ -75,7 +75,8 @@ func TestWriterPoliciesAndStates(t *testing.T) {
 
 	// b drains, c goes down: only c is gone; the round-robin ticket
 	// entry survives (it is rewritten only when the timeout changes).
-	f.opts.m[1] = optsValue{RrNext: 42, AffinityNs: f.opts.m[1].AffinityNs}
+	rrID := w2.services[masterKey(rr.Key)].master.Id
+	f.opts.m[rrID] = optsValue{RrNext: 42, AffinityNs: f.opts.m[rrID].AffinityNs}
 	rr.Backends[1].State, rr.Backends[2].State = Draining, Down
 	st, err = w2.apply([]Service{rr, mg})
 	if err != nil {
@@ -84,11 +85,21 @@ func TestWriterPoliciesAndStates(t *testing.T) {
 	if want := []GoneBackend{{Service: rr.Key, Backend: c, CloseConnections: true}}; !slices.Equal(st.Gone, want) {
 		t.Errorf("gone %+v, want %+v", st.Gone, want)
 	}
-	if f.opts.m[1].RrNext != 42 {
-		t.Errorf("round-robin ticket reset by a backend change: %+v", f.opts.m[1])
+	if f.opts.m[rrID].RrNext != 42 {
+		t.Errorf("round-robin ticket reset by a backend change: %+v", f.opts.m[rrID])
 	}
 	if got := w2.Services()[0].Backends; len(got) != 1 || got[0].Addr != a {
 		t.Errorf("served backends %+v, want only the active %s", got, a)
+	}
+	// The draining b, never in the slots, is removed: it is gone too, and
+	// so is a draining backend that goes down.
+	rr.Backends = rr.Backends[:1]
+	st, err = w2.apply([]Service{rr, mg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []GoneBackend{{Service: rr.Key, Backend: b, CloseConnections: true}}; !slices.Equal(st.Gone, want) || st.Unchanged != 2 {
+		t.Errorf("draining backend removed: %+v, want gone %+v and nothing written", st, want)
 	}
 
 	// Back to random: the options entry goes; the service's removal

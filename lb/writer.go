@@ -61,9 +61,12 @@ type writer struct {
 	locals   map[localKey]localValue
 	// opts are the sm_svc_opts entries: service id -> affinity timeout.
 	opts map[uint32]uint64
-	// closeConns remembers each service's CloseConnections (not in the
-	// maps: after a restart a removed service's wish is unknown).
+	// closeConns remembers each service's CloseConnections, and kept the
+	// backends of its last applied version that were not down (draining
+	// ones included, which the slots do not show). Neither is in the
+	// maps: after a restart only the slotted backends are known.
 	closeConns map[svcKey]bool
+	kept       map[svcKey][]netip.AddrPort
 	// entries counts the service-map entries the mirror holds.
 	entries int
 	// filter is the VIP filter in the map; bank is the bank of it that
@@ -96,6 +99,7 @@ func newWriter(t tables, lim Limits) (*writer, error) {
 		opts:     make(map[uint32]uint64),
 
 		closeConns: make(map[svcKey]bool),
+		kept:       make(map[svcKey][]netip.AddrPort),
 	}
 	svcs, err := t.services.All()
 	if err != nil {
@@ -483,7 +487,7 @@ func (w *writer) write(st *ApplyStats, gone []svcKey, ds []Service) []error {
 		if ms == nil || !ms.hasMaster {
 			continue
 		}
-		before, _ := w.liveSlots(ms)
+		before := w.before(k, ms)
 		id := ms.master.Id
 		if err := w.deleteSlot(k); err != nil {
 			errs = append(errs, err)
@@ -492,6 +496,7 @@ func (w *writer) write(st *ApplyStats, gone []svcKey, ds []Service) []error {
 		st.Removed++
 		st.Gone = appendGone(st.Gone, keyOf(k), before, nil, w.closeConns[k])
 		delete(w.closeConns, k)
+		delete(w.kept, k)
 		if err := w.sweepService(k); err != nil {
 			errs = append(errs, err)
 		}
@@ -503,25 +508,53 @@ func (w *writer) write(st *ApplyStats, gone []svcKey, ds []Service) []error {
 		mk := masterKey(s.Key)
 		ms := w.services[mk]
 		lay := layout(s)
-		w.closeConns[mk] = s.CloseConnections
-		if w.serves(ms, s, lay) {
+		before := w.before(mk, ms)
+		switch {
+		case w.serves(ms, s, lay):
+			// The slots stay; a draining backend may still go.
 			st.Unchanged++
-			continue
-		}
-		var before []netip.AddrPort
-		if ms != nil && ms.hasMaster {
+		case ms != nil && ms.hasMaster:
 			st.Updated++
-			before, _ = w.liveSlots(ms)
-		} else {
-			st.Added++
-		}
-		if err := w.applyService(s, lay); err != nil {
-			errs = append(errs, err)
-			continue
+			fallthrough
+		default:
+			if ms == nil || !ms.hasMaster {
+				st.Added++
+			}
+			flipped, err := w.applyService(s, lay)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if !flipped {
+				continue // the old version still serves
+			}
 		}
 		st.Gone = appendGone(st.Gone, s.Key, before, s.Backends, s.CloseConnections)
+		w.closeConns[mk] = s.CloseConnections
+		w.kept[mk] = notDown(s.Backends)
 	}
 	return errs
+}
+
+// before is what took or kept connections of a service before this
+// write: its slotted backends and the backends not down in the version
+// last applied.
+func (w *writer) before(mk svcKey, ms *mirrorService) []netip.AddrPort {
+	out := slices.Clone(w.kept[mk])
+	if ms != nil && ms.hasMaster {
+		slots, _ := w.liveSlots(ms)
+		out = append(out, slots...)
+	}
+	return out
+}
+
+func notDown(bs []Backend) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, b := range bs {
+		if b.State != Down {
+			out = append(out, b.Addr)
+		}
+	}
+	return out
 }
 
 // appendGone adds the backends of before (a slot set) that are not among
@@ -547,8 +580,10 @@ func appendGone(out []GoneBackend, k ServiceKey, before []netip.AddrPort, now []
 func compareSvcKey(a, b svcKey) int { return keyOf(a).compare(keyOf(b)) }
 
 // applyService writes one added or changed service, with slot set lay,
-// in the safe order.
-func (w *writer) applyService(s Service, lay []netip.AddrPort) error {
+// in the safe order. flipped says whether the new version serves (its
+// master was written), whatever the error: the clean-up after the flip
+// may fail and be retried later.
+func (w *writer) applyService(s Service, lay []netip.AddrPort) (flipped bool, err error) {
 	mk := masterKey(s.Key)
 	ms := w.services[mk]
 
@@ -578,14 +613,14 @@ func (w *writer) applyService(s Service, lay []netip.AddrPort) error {
 	}
 	next, err := w.reserveIDs(newIDs)
 	if err != nil {
-		return err
+		return false, err
 	}
 	take := func() uint32 { id := next; next++; return id }
 	if svcID == 0 {
 		svcID = take()
 	}
 	if err := w.putCounter(svcID); err != nil {
-		return err
+		return false, err
 	}
 
 	// 2. New backends and their counters, before any slot names them.
@@ -598,10 +633,10 @@ func (w *writer) applyService(s Service, lay []netip.AddrPort) error {
 		id := take()
 		bv := backendValue{Addr: addrWords(a.Addr()), Port: portWord(a.Port()), Family: family(a.Addr()), SvcId: svcID}
 		if err := w.putCounter(id); err != nil {
-			return err
+			return false, err
 		}
 		if err := w.putBackend(id, bv); err != nil {
-			return err
+			return false, err
 		}
 		if ids == nil {
 			ids = make(map[netip.AddrPort]uint32)
@@ -618,30 +653,30 @@ func (w *writer) applyService(s Service, lay []netip.AddrPort) error {
 		k := mk
 		k.Slot = region + uint32(i) + 1
 		if err := w.putSlot(k, svcValue{Id: id}); err != nil {
-			return err
+			return false, err
 		}
 	}
 
 	// Options the new master relies on, before it does.
 	if aff, has := w.opts[svcID]; s.needsOpts() && (!has || aff != uint64(s.Affinity)) {
 		if err := w.putOpts(svcID, uint64(s.Affinity)); err != nil {
-			return err
+			return false, err
 		}
 	}
 
 	// 4. The flip.
 	if err := w.putSlot(mk, svcValue{Id: svcID, Count: uint32(len(slotIDs)), Base: region, Flags: flagsOf(s)}); err != nil {
-		return err
+		return false, err
 	}
 
 	// 5. The old region, orphaned backends, options no longer used.
 	if err := w.sweepService(mk); err != nil {
-		return err
+		return true, err
 	}
 	if !s.needsOpts() {
-		return w.deleteOpts(svcID)
+		return true, w.deleteOpts(svcID)
 	}
-	return nil
+	return true, nil
 }
 
 // sweepService deletes what the service's master no longer references:

@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"errors"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -58,7 +60,7 @@ func TestHealthOverlay(t *testing.T) {
 			got := statesOf(dp)
 			ok := true
 			for a, s := range w {
-				if got[a] != s {
+				if st, present := got[a]; !present || st != s {
 					ok = false
 				}
 			}
@@ -86,4 +88,37 @@ func TestHealthOverlay(t *testing.T) {
 	h.set("web", "127.0.0.2:8080", false)
 	r.HealthChanged([]string{"web", "no-such-service"})
 	want("up again", map[string]lb.BackendState{"127.0.0.2": lb.Draining, "127.0.0.3": lb.Active})
+}
+
+// goneDP reports every backend removed by an Update as gone, and fails
+// when told to, having written nothing.
+type goneDP struct {
+	fakeDP
+}
+
+func (g *goneDP) Update(put []lb.Service, remove []lb.ServiceKey) (lb.ApplyStats, error) {
+	st, err := g.fakeDP.Update(put, remove)
+	if err == nil {
+		st.Gone = []lb.GoneBackend{{Backend: netip.MustParseAddrPort("127.0.0.9:9")}}
+	}
+	return st, err
+}
+
+// A snapshot republished after a failed apply, or while the directory is
+// gone, reports no gone backends of its own: the previous apply's must not
+// be closed again.
+func TestRepublishedSnapshotHasNoGone(t *testing.T) {
+	dir := tempDir(t)
+	put(t, dir, "a.yaml", svcYAML("a", "127.0.0.1:1"))
+	dp := &goneDP{}
+	rc := &recorder{}
+	r := startWith(t, Options{Dir: dir, OnApply: rc.add}, dp)
+	put(t, dir, "a.yaml", svcYAML("a", "127.0.0.1:2"))
+	waitFor(t, r, 5*time.Second, "edit applied", func(s *Snapshot) bool { return len(s.Stats.Gone) == 1 })
+	dp.setFail(errors.New("boom"))
+	put(t, dir, "a.yaml", svcYAML("a", "127.0.0.1:3"))
+	s := waitFor(t, r, 5*time.Second, "failure published", func(s *Snapshot) bool { return len(s.Errors) > 0 })
+	if len(s.Stats.Gone) != 0 {
+		t.Errorf("the failed apply's snapshot reports gone %v (the previous apply's)", s.Stats.Gone)
+	}
 }

@@ -528,9 +528,12 @@ func (r *Registry) lastGood(path string, errs []*servicefile.Error) *servicefile
 func (r *Registry) apply() {
 	defer r.readyOnce.Do(func() { close(r.ready) })
 	prev := r.snap.Load()
-	if r.dirErr != nil {
-		// Keep serving what is live; report why nothing is read.
+	if r.dirErr != nil && (r.model == nil || len(r.pending) == 0) {
+		// Keep serving what is live; report why nothing is read. (With
+		// the directory unreadable nothing is scanned, so what is
+		// pending is health changes, applied below.)
 		s := *prev
+		s.Stats = lb.ApplyStats{} // nothing was written
 		s.Errors = append(slices.Clone(withoutFile(prev.Errors, r.opts.Dir)), r.dirErr)
 		r.publish(&s, prev)
 		return
@@ -545,6 +548,10 @@ func (r *Registry) apply() {
 	clear(r.pending)
 	dl := r.model.update(r.files, paths)
 	snap := r.model.snapshot(r.opts.Dir, r.files)
+	if r.dirErr != nil {
+		snap.Errors = append(snap.Errors, r.dirErr)
+		sortErrors(snap.Errors)
+	}
 	start := time.Now()
 	var st lb.ApplyStats
 	var err error
@@ -559,6 +566,9 @@ func (r *Registry) apply() {
 		r.model = nil // what is applied is unknown: converge in full next time
 		r.log.Error("apply services: the datapath refused the change; what was live stays live, retrying", "err", err)
 		s := *prev
+		// Only what this attempt wrote: backends it took out before
+		// the failure are gone all the same.
+		s.Stats = lb.ApplyStats{Gone: st.Gone}
 		s.Errors = append(slices.Clone(withoutFile(prev.Errors, r.opts.Dir)), &servicefile.Error{File: r.opts.Dir, Msg: fmt.Sprintf("apply to the datapath: %v", err)})
 		r.publish(&s, prev)
 		return

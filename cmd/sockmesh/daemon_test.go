@@ -429,6 +429,9 @@ func TestCLIErrors(t *testing.T) {
 		{append(safeRun(t), "--vip-range4", "198.18.0.0"), "parse --vip-range4"},
 		{append(safeRun(t), "--vip-range4", "fd00::/64"), "IPv4 range fd00::/64 must be an IPv4 prefix"},
 		{append(safeRun(t), "--max-backends", "-1"), "parse --max-backends: -1 is not a map size"},
+		{append(safeRun(t), "--exclude-cgroup", "no-such-cgroup-here"), "parse --exclude-cgroup no-such-cgroup-here: stat cgroup"},
+		{append(safeRun(t), "--exclude-cgroup", "/tmp"), "parse --exclude-cgroup /tmp: cgroup /tmp: not under the cgroup v2 mount"},
+		{append(safeRun(t), "--exclude-uid", "1,2,3,4,5,6,7,8,9"), "parse --exclude-uid: 9 given, at most 8"},
 	} {
 		_, errOut, code := sockmesh(t, tc.args...)
 		lines := strings.Split(strings.TrimSpace(errOut), "\n")

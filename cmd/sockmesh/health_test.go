@@ -503,6 +503,7 @@ func TestTCPConnectionsOnRemoval(t *testing.T) {
 				kept = b
 			}
 			put("shop.yaml", file(closeConns, kept))
+			waitBackends(t, paths, "shop", 1) // the removal is applied
 			if !sc.Scan() {
 				t.Fatal("client ended without a word")
 			}

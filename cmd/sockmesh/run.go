@@ -235,16 +235,18 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		return err
 	}
 	defer d.Close()
-	if err := d.Attach(cg); err != nil {
-		return err
-	}
-	log.Info("datapath attached", "cgroup", cg, "pins", f.paths.pinDir, "restored services", len(d.Services()))
+	// Exclusions first: an excluded sidecar is never balanced, not even
+	// in the moment after the programs attach.
 	if err := d.SetExclusions(cfg.excludeCgroups, cfg.excludeUIDs); err != nil {
 		return err
 	}
 	if len(cfg.excludeCgroups)+len(cfg.excludeUIDs) > 0 {
 		log.Info("not balanced: traffic of excluded clients", "cgroups", f.excludeCgroups, "uids", cfg.excludeUIDs)
 	}
+	if err := d.Attach(cg); err != nil {
+		return err
+	}
+	log.Info("datapath attached", "cgroup", cg, "pins", f.paths.pinDir, "restored services", len(d.Services()))
 
 	if err := f.setUpNetwork(cfg, &st, record, log); err != nil {
 		return err
@@ -506,6 +508,11 @@ func (f *runFlags) exclusions() ([]lb.ExcludedCgroup, []uint32, error) {
 	}
 	var cgs []lb.ExcludedCgroup
 	if len(f.excludeCgroups) > 0 {
+		// The datapath compares the kernel's cgroup levels; inside a
+		// cgroup namespace the paths this process sees start lower.
+		if own, init := nsLink("self"), nsLink("1"); own != "" && init != "" && own != init {
+			return nil, nil, fmt.Errorf("parse --exclude-cgroup: sockmesh runs in a cgroup namespace (%s, not the host's %s): run it in the host's to exclude cgroups", own, init)
+		}
 		root, err := cgroupv2.Mountpoint()
 		if err != nil {
 			return nil, nil, err
@@ -534,4 +541,11 @@ func (f *runFlags) exclusions() ([]lb.ExcludedCgroup, []uint32, error) {
 		uids = append(uids, uint32(u))
 	}
 	return cgs, uids, nil
+}
+
+// nsLink is the cgroup namespace of a process, as /proc names it; empty
+// when it cannot be read.
+func nsLink(pid string) string {
+	l, _ := os.Readlink("/proc/" + pid + "/ns/cgroup")
+	return l
 }
