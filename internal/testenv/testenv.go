@@ -151,7 +151,12 @@ func NewCgroup(tb testing.TB) *Cgroup {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	path := filepath.Join(root, fmt.Sprintf("sockmesh-test-%d-%s", os.Getpid(), randomSuffix()))
+	return makeCgroup(tb, filepath.Join(root, fmt.Sprintf("sockmesh-test-%d-%s", os.Getpid(), randomSuffix())))
+}
+
+// makeCgroup creates the cgroup at path and removes it when the test ends.
+func makeCgroup(tb testing.TB, path string) *Cgroup {
+	tb.Helper()
 	if err := os.Mkdir(path, 0o755); err != nil {
 		tb.Fatalf("create cgroup: %v", err)
 	}
@@ -173,21 +178,7 @@ func NewCgroup(tb testing.TB) *Cgroup {
 // test (before c: cleanups run last-in first-out).
 func (c *Cgroup) Child(tb testing.TB, name string) *Cgroup {
 	tb.Helper()
-	path := filepath.Join(c.Path, name)
-	if err := os.Mkdir(path, 0o755); err != nil {
-		tb.Fatalf("create cgroup: %v", err)
-	}
-	tb.Cleanup(func() {
-		var err error
-		for range 50 {
-			if err = os.Remove(path); err == nil || errors.Is(err, os.ErrNotExist) {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		tb.Errorf("remove cgroup %s: %v", path, err)
-	})
-	return &Cgroup{Path: path}
+	return makeCgroup(tb, filepath.Join(c.Path, name))
 }
 
 // Command prepares name to start directly inside the cgroup, so that every
