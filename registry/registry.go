@@ -6,6 +6,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,8 +37,11 @@ type Applier interface {
 
 // Options configure a Registry.
 type Options struct {
-	// Dir is the services directory. It need not exist yet.
+	// Dir is the services directory. It need not exist yet. Empty means
+	// none: services come from Sources only.
 	Dir string
+	// Sources are where else services come from (an etcd prefix).
+	Sources []Source
 	// Ranges are the VIP ranges; zero means DefaultRanges.
 	Ranges Ranges
 	// Limits are the datapath map sizes; zero means lb.DefaultLimits.
@@ -63,10 +68,12 @@ type HealthSource interface {
 }
 
 func (o *Options) setDefaults() error {
-	if o.Dir == "" {
-		return errors.New("no services directory")
+	if o.Dir == "" && len(o.Sources) == 0 {
+		return errors.New("no services directory and no other source")
 	}
-	o.Dir = filepath.Clean(o.Dir)
+	if o.Dir != "" {
+		o.Dir = filepath.Clean(o.Dir)
+	}
 	if o.Ranges == (Ranges{}) {
 		o.Ranges = DefaultRanges
 	}
@@ -132,6 +139,11 @@ type Registry struct {
 	healthMu      sync.Mutex
 	healthChanged map[string]bool
 	healthSig     chan struct{}
+
+	// docs carries the sources' updates to Run; sources holds what the
+	// registry knows of each.
+	docs    chan DocUpdate
+	sources map[string]*SourceStatus
 }
 
 // New makes a registry for opts.Dir that applies to dp.
@@ -151,6 +163,11 @@ func New(opts Options, dp Applier) (*Registry, error) {
 
 		healthChanged: map[string]bool{},
 		healthSig:     make(chan struct{}, 1),
+		docs:          make(chan DocUpdate, 64),
+		sources:       map[string]*SourceStatus{},
+	}
+	for _, s := range opts.Sources {
+		r.sources[s.Name()] = &SourceStatus{Name: s.Name(), SourceHealth: SourceHealth{Stale: true, Err: "not read yet", Since: time.Now()}}
 	}
 	r.snap.Store(&Snapshot{Dir: opts.Dir})
 	return r, nil
@@ -237,8 +254,13 @@ func (r *Registry) Run(ctx context.Context) error {
 	}
 	defer w.Close()
 	wt := &watches{w: w, dir: r.opts.Dir}
-	wt.refresh()
+	if r.opts.Dir != "" {
+		wt.refresh()
+	}
+	r.seedSources()
+	r.startSources(ctx)
 	r.scanAll(true)
+	r.firstDocs(ctx)
 	r.apply()
 	// Last good versions are for what the first read finds broken (or is
 	// still waiting to judge), not for files that turn up later.
@@ -266,6 +288,8 @@ func (r *Registry) Run(ctx context.Context) error {
 			b.due = true
 		case <-r.healthSig:
 			b.health = true
+		case u := <-r.docs:
+			b.docs = append(b.docs, u)
 		case <-r.reload:
 			r.log.Info("reloading: reading every service file again")
 			for _, f := range r.files {
@@ -283,6 +307,8 @@ func (r *Registry) Run(ctx context.Context) error {
 				b.add(wt, ev)
 			case <-w.Errors:
 				b.fail()
+			case u := <-r.docs:
+				b.docs = append(b.docs, u)
 			default:
 				break drain
 			}
@@ -301,6 +327,7 @@ type batch struct {
 	rescan bool // the directory (or an ancestor) changed, or events were lost
 	due    bool // a recheck or retry timer fired
 	health bool // backends' health changed (HealthChanged)
+	docs   []DocUpdate
 }
 
 func (b *batch) add(wt *watches, ev fsnotify.Event) {
@@ -353,6 +380,9 @@ func (r *Registry) handle(wt *watches, b *batch) {
 	if b.health && r.takeHealthChanged() {
 		changed = true
 	}
+	for _, u := range b.docs {
+		changed = r.takeDocs(u) || changed
+	}
 	if changed || r.dirty || r.model == nil {
 		r.apply()
 	}
@@ -388,6 +418,9 @@ func (r *Registry) armTimer(t *time.Timer) {
 // reports whether anything the registry knows changed.
 func (r *Registry) scanAll(grace bool) bool {
 	dir := r.opts.Dir
+	if dir == "" {
+		return false
+	}
 	var dirErr *servicefile.Error
 	entries, err := os.ReadDir(dir)
 	if err == nil {
@@ -415,8 +448,8 @@ func (r *Registry) scanAll(grace bool) bool {
 		onDisk[path] = true
 		changed = r.scanFile(path, grace) || changed
 	}
-	for path := range r.files {
-		if !onDisk[path] {
+	for path, f := range r.files {
+		if f.source == "" && !onDisk[path] {
 			delete(r.files, path)
 			delete(r.recheck, path)
 			r.pending[path] = true
@@ -596,6 +629,7 @@ func withoutFile(es []*servicefile.Error, file string) []*servicefile.Error {
 func (r *Registry) publish(s, prev *Snapshot) {
 	r.gen++
 	s.Generation = r.gen
+	s.Sources = r.sourceStatuses()
 	sortErrors(s.Errors)
 	old := map[string]bool{}
 	for _, e := range prev.Errors {
@@ -629,4 +663,141 @@ func (r *Registry) publish(s, prev *Snapshot) {
 	if r.opts.OnApply != nil {
 		r.opts.OnApply(s)
 	}
+}
+
+// startSources runs every source, feeding r.docs until ctx ends.
+func (r *Registry) startSources(ctx context.Context) {
+	for _, s := range r.opts.Sources {
+		go func() {
+			if err := s.Run(ctx, r.docs); err != nil && ctx.Err() == nil {
+				r.log.Error("registry source stopped", "source", s.Name(), "err", err)
+			}
+		}()
+	}
+}
+
+// firstWait bounds how long the first apply waits for the sources' first
+// word (a list, or news that they cannot be reached).
+const firstWait = 5 * time.Second
+
+// firstDocs takes the sources' first updates before the first apply, so a
+// daemon announces itself ready with the fleet's services, not without
+// them; a source that says nothing within firstWait is left stale.
+func (r *Registry) firstDocs(ctx context.Context) {
+	heard := map[string]bool{}
+	deadline := time.NewTimer(firstWait)
+	defer deadline.Stop()
+	for len(heard) < len(r.opts.Sources) {
+		select {
+		case u := <-r.docs:
+			r.takeDocs(u)
+			heard[u.Source] = true
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// takeDocs brings the files of one source up to date with an update and
+// reports whether anything the registry knows changed.
+func (r *Registry) takeDocs(u DocUpdate) bool {
+	st := r.sources[u.Source]
+	if st == nil {
+		return false
+	}
+	changed := false
+	if h := u.Health; h != nil && (h.Stale != st.Stale || h.Err != st.Err) {
+		st.SourceHealth = *h
+		if h.Stale {
+			r.log.Warn("registry source unreachable: serving the last documents it gave", "source", u.Source, "err", h.Err)
+		} else {
+			r.log.Info("registry source reachable", "source", u.Source)
+		}
+		changed = true
+	}
+	if u.Revision > st.Revision {
+		st.Revision = u.Revision
+	}
+	if u.Full {
+		for path, f := range r.files {
+			key := strings.TrimPrefix(path, u.Source+"/")
+			if f.source == u.Source && u.Docs[key] == nil {
+				delete(r.files, path)
+				r.pending[path] = true
+				changed = true
+			}
+		}
+	}
+	for key, data := range u.Docs {
+		path := DocPath(u.Source, key)
+		f := r.files[path]
+		if data == nil {
+			if f != nil {
+				delete(r.files, path)
+				r.pending[path] = true
+				changed = true
+			}
+			continue
+		}
+		if f != nil && f.data != nil && bytes.Equal(f.data, data) {
+			continue
+		}
+		svc, err := servicefile.Parse(path, data)
+		var errs []*servicefile.Error
+		if err != nil {
+			if !errors.As(err, new(servicefile.Errors)) {
+				errs = []*servicefile.Error{{File: path, Msg: err.Error()}}
+			} else {
+				errs = err.(servicefile.Errors)
+			}
+		}
+		if f == nil {
+			f = &fileState{source: u.Source}
+			r.files[path] = f
+		}
+		f.data, f.cur, f.errs = bytes.Clone(data), svc, errs
+		r.pending[path] = true
+		changed = true
+	}
+	n := 0
+	for _, f := range r.files {
+		if f.source == u.Source {
+			n++
+		}
+	}
+	st.Docs = n
+	return changed
+}
+
+// seedSources puts the last good documents of each source (from a
+// previous run's state) in place until the source lists its own: a
+// daemon restarted while etcd is down keeps serving the fleet's services.
+func (r *Registry) seedSources() {
+	for path, src := range r.opts.LastGood {
+		for name := range r.sources {
+			if !strings.HasPrefix(path, name+"/") {
+				continue
+			}
+			svc, err := servicefile.Parse(path, src)
+			if err != nil {
+				r.log.Warn("ignoring the last good version a previous run left", "file", path, "err", err)
+				continue
+			}
+			r.files[path] = &fileState{source: name, data: bytes.Clone(src), cur: svc}
+			r.pending[path] = true
+			delete(r.opts.LastGood, path)
+		}
+	}
+}
+
+// sourceStatuses lists the sources' states, by name.
+func (r *Registry) sourceStatuses() []SourceStatus {
+	var out []SourceStatus
+	for _, st := range r.sources {
+		out = append(out, *st)
+	}
+	slices.SortFunc(out, func(a, b SourceStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }

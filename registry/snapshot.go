@@ -61,6 +61,19 @@ type Snapshot struct {
 	ApplyTime time.Duration
 	// Stats are the datapath writes of the last apply.
 	Stats lb.ApplyStats
+	// Sources are the registry's sources besides the directory, by name.
+	Sources []SourceStatus
+}
+
+// SourceStatus is the state of one source.
+type SourceStatus struct {
+	Name string
+	SourceHealth
+	// Revision is the source's revision the registry has caught up with
+	// (0 before the first list).
+	Revision int64
+	// Docs is how many documents the source holds.
+	Docs int
 }
 
 // Lookup finds a service by name.
@@ -91,7 +104,12 @@ func (s *Snapshot) Err() error {
 
 // fileState is what the registry knows of one file.
 type fileState struct {
-	id fileID
+	// source is the Source a document came from; empty for a file of
+	// the services directory.
+	source string
+	// data is a document's text, to skip one that did not change.
+	data []byte
+	id   fileID
 	// cur is the file's contents when they are valid on their own.
 	cur *servicefile.Service
 	// errs are the file's own problems (parse, owner, mode).
