@@ -13,7 +13,7 @@ GO_TEST_FLAGS ?= -count=1
 # are what the benchmark harness compares against; make test runs a smoke
 # version of it, so they are needed there too.
 APT_PACKAGES := clang-14 llvm-14 libbpf-dev dnsutils curl python3 \
-	iperf3 haproxy nftables iptables dnsperf unbound
+	iperf3 haproxy nftables iptables dnsperf unbound etcd-server
 
 .PHONY: help deps generate check-generated build test fuzz bench run lint
 

@@ -56,6 +56,10 @@ type collector struct {
 	dnsDropped          *prometheus.Desc
 	dnsCacheHits        *prometheus.Desc
 
+	sourceStale    *prometheus.Desc
+	sourceRevision *prometheus.Desc
+	sourceServices *prometheus.Desc
+
 	backendState        *prometheus.Desc
 	healthState         *prometheus.Desc
 	healthChecks        *prometheus.Desc
@@ -112,6 +116,16 @@ func NewCollector(src Sources) prometheus.Collector {
 		dnsCacheHits: desc("dns", "cache_hits_total",
 			"DNS answers the stub sent from its packed-answer cache."),
 
+		sourceStale: desc("registry", "source_stale",
+			"1 while a registry source (an etcd prefix) cannot be reached and its last documents are served, 0 when current.",
+			"source"),
+		sourceRevision: desc("registry", "source_revision",
+			"The source's revision (etcd's) the registry has caught up with.",
+			"source"),
+		sourceServices: desc("registry", "source_services",
+			"Service documents the source holds.",
+			"source"),
+
 		backendState: desc("backend", "state",
 			"1 for the state the backend is in (active, draining, down: the file's state, down when the health checks say so), 0 for the others. "+
 				"backend is the backend as the file names it (address, and port when it has one).",
@@ -138,6 +152,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.serviceTranslations, c.serviceRefused, c.backendTranslations,
 		c.services, c.servicesStale, c.registryErrors, c.lastApplyTime, c.lastApplyDuration,
 		c.dnsResponses, c.dnsForwarded, c.dnsUpstreamFailures, c.dnsDropped, c.dnsCacheHits,
+		c.sourceStale, c.sourceRevision, c.sourceServices,
 		c.backendState, c.healthState, c.healthChecks, c.healthSince, c.healthCheckDuration,
 	} {
 		ch <- d
@@ -199,6 +214,11 @@ func (c *collector) collectRegistry(ch chan<- prometheus.Metric, snap *registry.
 	send(ch, c.services, prometheus.GaugeValue, float64(len(snap.Services)))
 	send(ch, c.servicesStale, prometheus.GaugeValue, float64(stale))
 	send(ch, c.registryErrors, prometheus.GaugeValue, float64(len(snap.Errors)))
+	for _, s := range snap.Sources {
+		send(ch, c.sourceStale, prometheus.GaugeValue, oneIf(s.Stale), s.Name)
+		send(ch, c.sourceRevision, prometheus.GaugeValue, float64(s.Revision), s.Name)
+		send(ch, c.sourceServices, prometheus.GaugeValue, float64(s.Docs), s.Name)
+	}
 	for _, sv := range snap.Services {
 		for _, b := range sv.Backends {
 			state := b.State

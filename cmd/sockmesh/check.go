@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"sockmesh/health"
 	"sockmesh/lb"
@@ -77,9 +78,11 @@ const defaultServicesDir = "/etc/sockmesh/services.d"
 // rangeFlags are the VIP range flags of run and check.
 type rangeFlags struct{ v4, v6 string }
 
-func (rf *rangeFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&rf.v4, "vip-range4", registry.DefaultRanges.V4.String(), "IPv4 range VIPs are derived from and must lie in")
-	cmd.Flags().StringVar(&rf.v6, "vip-range6", registry.DefaultRanges.V6.String(), "IPv6 range VIPs are derived from and must lie in")
+func (rf *rangeFlags) add(cmd *cobra.Command) { rf.addTo(cmd.Flags()) }
+
+func (rf *rangeFlags) addTo(fs *pflag.FlagSet) {
+	fs.StringVar(&rf.v4, "vip-range4", registry.DefaultRanges.V4.String(), "IPv4 range VIPs are derived from and must lie in")
+	fs.StringVar(&rf.v6, "vip-range6", registry.DefaultRanges.V6.String(), "IPv6 range VIPs are derived from and must lie in")
 }
 
 func (rf *rangeFlags) ranges() (registry.Ranges, error) {

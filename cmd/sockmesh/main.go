@@ -68,7 +68,7 @@ kernel, with no proxy and no per-packet NAT.`,
 	}
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newCheckCmd(g), newRunCmd(g), newStatusCmd(), newDownCmd(), newExecCmd(), newResolverCmd(), newVersionCmd(), newDemoBackendsCmd(g))
+	root.AddCommand(newCheckCmd(g), newRunCmd(g), newStatusCmd(), newDownCmd(), newExecCmd(), newResolverCmd(), newVersionCmd(), newDemoBackendsCmd(g), newRegistryCmd(g))
 	root.Version = versionString()
 	return root
 }

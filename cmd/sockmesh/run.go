@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"sockmesh/dnsstub"
+	"sockmesh/etcdsource"
 	"sockmesh/health"
 	"sockmesh/internal/cgroupv2"
 	"sockmesh/internal/hostnet"
@@ -42,6 +43,8 @@ type runFlags struct {
 	// balanced.
 	excludeCgroups []string
 	excludeUIDs    []uint
+	// registry is the shared registry on etcd, if any.
+	registry registryFlags
 }
 
 // mapSizeFlags size the datapath maps when run creates them; pinned maps
@@ -92,7 +95,7 @@ removes everything.`,
 			return run(cmd.Context(), g, f)
 		},
 	}
-	cmd.Flags().StringVar(&f.services, "services", defaultServicesDir, "services directory (need not exist yet)")
+	cmd.Flags().StringVar(&f.services, "services", defaultServicesDir, "services directory (need not exist yet); off for none (with --registry)")
 	cmd.Flags().StringVar(&f.cgroup, "cgroup", "", "cgroup v2 to attach to: a path, or a name under the cgroup2 mount (created if missing); default the root: the whole host")
 	f.paths.add(cmd)
 	cmd.Flags().StringVar(&f.readyFile, "ready-file", "", "file to create (holding the pid) once the services are served")
@@ -102,6 +105,7 @@ removes everything.`,
 	f.dns.add(cmd)
 	f.maps.add(cmd)
 	cmd.Flags().StringArrayVar(&f.excludeCgroups, "exclude-cgroup", nil, "cgroup v2 subtree (a path, or a name under the cgroup2 mount) whose connects and sends to VIPs go out unchanged, e.g. a sidecar's; repeatable, up to 8")
+	f.registry.add(cmd.Flags(), "also serve the services of this etcd key prefix, shared by every host")
 	cmd.Flags().UintSliceVar(&f.excludeUIDs, "exclude-uid", nil, "uid whose connects and sends to VIPs go out unchanged; repeatable or comma-separated, up to 8")
 	return cmd
 }
@@ -279,8 +283,18 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		<-healthDone
 	}()
 
+	var sources []registry.Source
+	if cfg.useRegistry {
+		src, err := etcdsource.New(cfg.registry, log)
+		if err != nil {
+			return err
+		}
+		sources = append(sources, src)
+		log.Info("serving the shared registry too", "registry", src.Name())
+	}
 	reg, err = registry.New(registry.Options{
 		Dir:      f.services,
+		Sources:  sources,
 		Ranges:   ranges,
 		Limits:   d.Limits(),
 		Logger:   log,
@@ -410,6 +424,10 @@ type runConfig struct {
 	dns         *dnsstub.Handler // nil with --dns-listen off
 	dnsListen   []netip.AddrPort
 	metricsAddr netip.AddrPort // invalid when off
+	// registry says how to reach the shared registry; useRegistry is
+	// false without --registry.
+	registry    etcdsource.Config
+	useRegistry bool
 	// excludeCgroups and excludeUIDs are --exclude-cgroup and
 	// --exclude-uid, resolved.
 	excludeCgroups []lb.ExcludedCgroup
@@ -427,8 +445,18 @@ func (f *runFlags) check(log *slog.Logger) (*runConfig, error) {
 	if err := f.maps.check(); err != nil {
 		return nil, err
 	}
-	if f.services, err = filepath.Abs(f.services); err != nil {
-		return nil, fmt.Errorf("parse --services: %w", err)
+	if cfg.registry, cfg.useRegistry, err = f.registry.config(); err != nil {
+		return nil, err
+	}
+	switch {
+	case f.services == "off" && !cfg.useRegistry:
+		return nil, errors.New("parse --services: off needs --registry: services must come from somewhere")
+	case f.services == "off":
+		f.services = ""
+	default:
+		if f.services, err = filepath.Abs(f.services); err != nil {
+			return nil, fmt.Errorf("parse --services: %w", err)
+		}
 	}
 	if f.paths.pinDir, err = filepath.Abs(f.paths.pinDir); err != nil {
 		return nil, fmt.Errorf("parse --pin-dir: %w", err)

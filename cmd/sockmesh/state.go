@@ -88,6 +88,17 @@ type daemonState struct {
 	ApplyTime  time.Duration  `json:"apply_time_ns"`
 	Services   []stateService `json:"services"`
 	Errors     []errorJSON    `json:"errors"`
+	Sources    []sourceJSON   `json:"sources,omitempty"`
+}
+
+// sourceJSON is a registry source besides the directory (an etcd prefix).
+type sourceJSON struct {
+	Name     string    `json:"name"`
+	Stale    bool      `json:"stale"`
+	Err      string    `json:"error,omitempty"`
+	Since    time.Time `json:"since,omitzero"`
+	Revision int64     `json:"revision"`
+	Docs     int       `json:"services"`
 }
 
 // stateService is a served service: its name and file, and the text of
@@ -109,6 +120,10 @@ func (st daemonState) withSnapshot(snap *registry.Snapshot) daemonState {
 		st.Services = append(st.Services, stateService{
 			Name: sv.Name, File: sv.File, VIPs: sv.VIPs, Derived: sv.Derived, Stale: sv.Stale, Source: string(sv.Source),
 		})
+	}
+	st.Sources = nil
+	for _, s := range snap.Sources {
+		st.Sources = append(st.Sources, sourceJSON{s.Name, s.Stale, s.Err, s.Since, s.Revision, s.Docs})
 	}
 	st.Errors = make([]errorJSON, 0, len(snap.Errors))
 	for _, e := range snap.Errors {

@@ -78,6 +78,7 @@ type datapathStatus struct {
 
 type registryStatus struct {
 	Dir        string        `json:"dir"`
+	Sources    []sourceJSON  `json:"sources,omitempty"`
 	Generation uint64        `json:"generation"`
 	Applied    time.Time     `json:"applied,omitzero"`
 	ApplyTime  time.Duration `json:"apply_time_ns"`
@@ -145,7 +146,7 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 	if st != nil {
 		rep.Daemon.PID, rep.Daemon.Version, rep.Daemon.Started = st.PID, st.Version, st.Started
 		rep.Daemon.Cgroup, rep.Daemon.DNS, rep.Daemon.Metrics = st.Cgroup, st.DNSListen, st.Metrics
-		rep.Registry = &registryStatus{Dir: st.ServicesDir, Generation: st.Generation, Applied: st.Applied, ApplyTime: st.ApplyTime, Errors: st.Errors}
+		rep.Registry = &registryStatus{Dir: st.ServicesDir, Sources: st.Sources, Generation: st.Generation, Applied: st.Applied, ApplyTime: st.ApplyTime, Errors: st.Errors}
 		for _, sv := range st.Services {
 			svc, err := sv.parsed()
 			if err != nil {
@@ -244,7 +245,14 @@ func (rep *statusReport) writeTable(w io.Writer) error {
 		if !r.Applied.IsZero() {
 			applied = fmt.Sprintf("last applied %s ago in %s", time.Since(r.Applied).Round(time.Second), r.ApplyTime.Round(time.Microsecond))
 		}
-		fmt.Fprintf(w, "registry: %s, %d errors, %s\n", r.Dir, len(r.Errors), applied)
+		fmt.Fprintf(w, "registry: %s, %d errors, %s\n", orNone(r.Dir), len(r.Errors), applied)
+		for _, s := range r.Sources {
+			state := fmt.Sprintf("current at revision %d", s.Revision)
+			if s.Stale {
+				state = fmt.Sprintf("STALE for %s (%s): serving its last %d services", time.Since(s.Since).Round(time.Second), s.Err, s.Docs)
+			}
+			fmt.Fprintf(w, "          %s: %d services, %s\n", s.Name, s.Docs, state)
+		}
 	}
 	if len(rep.Services) > 0 {
 		fmt.Fprintln(w)
@@ -331,4 +339,11 @@ func readHealth(path string) ([]healthJSON, error) {
 func normalizeKey(k lb.ServiceKey) lb.ServiceKey {
 	k.VIP = k.VIP.Unmap()
 	return k
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no directory"
+	}
+	return s
 }
