@@ -39,8 +39,20 @@ type daemonProc struct {
 // The test's end kills it if it still runs.
 func startDaemon(t testing.TB, ready string, args ...string) *daemonProc {
 	t.Helper()
+	return startDaemonIn(t, "", ready, args...)
+}
+
+// startDaemonIn is startDaemon in the network namespace at netns (entered
+// with nsenter, which execs the daemon: its pid is the daemon's), or in
+// this one when netns is empty.
+func startDaemonIn(t testing.TB, netns, ready string, args ...string) *daemonProc {
+	t.Helper()
 	d := &daemonProc{exited: make(chan error, 1), logs: &bytes.Buffer{}}
-	d.cmd = exec.Command(binary, append([]string{"run", "--ready-file", ready}, args...)...)
+	argv := append([]string{binary, "run", "--ready-file", ready}, args...)
+	if netns != "" {
+		argv = append([]string{"nsenter", "--net=" + netns}, argv...)
+	}
+	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := d.cmd.Start(); err != nil {

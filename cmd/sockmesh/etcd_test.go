@@ -145,7 +145,7 @@ func TestSharedRegistry(t *testing.T) {
 	// A daemon restarted while etcd is down serves the fleet's services
 	// it served before (from its state file).
 	d.stop(t, syscall.SIGTERM)
-	d = startDaemon(t, filepath.Join(t.TempDir(), "ready"), d.cmd.Args[4:]...)
+	d = startDaemon(t, filepath.Join(t.TempDir(), "ready"), d.cmd.Args[4:]...) // binary run --ready-file F args...
 	waitServed(t, pinDir, "198.18.10.1", 2*time.Second, "127.0.0.1:9701")
 	if st := readStatusJSON(t, paths).Registry; st == nil || len(st.Sources) != 1 || !st.Sources[0].Stale || st.Sources[0].Docs != 1 {
 		t.Errorf("restarted with etcd down: registry status %+v, want one stale source with one service", st)

@@ -37,10 +37,11 @@ func TestMain(m *testing.M) {
 	}
 	defer os.RemoveAll(dir)
 	testenv.Main(m, map[string]testenv.Helper{
-		"id-server":  helperIDServer,
-		"dial-log":   helperDialLog,
-		"dns-client": helperDNSClient,
-		"hold-tcp":   helperHoldTCP,
+		"id-server":   helperIDServer,
+		"dial-log":    helperDialLog,
+		"dns-client":  helperDNSClient,
+		"hold-tcp":    helperHoldTCP,
+		"http-server": helperHTTPServer,
 	})
 }
 

@@ -244,6 +244,15 @@ func HelperOutside(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// HelperIn is Helper for a process outside the cgroup, in the network
+// namespace at netnsPath (e.g. /proc/PID/ns/net), entered with nsenter.
+func HelperIn(ctx context.Context, netnsPath, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + netnsPath, os.Args[0]}, args...)...)
+	cmd.Env = append(os.Environ(), envHelper+"="+name)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
 // BPFFS mounts a private bpffs for the test and unmounts it at the end.
 func BPFFS(tb testing.TB) string {
 	tb.Helper()
