@@ -112,6 +112,36 @@ func (s *Server) Stop(tb testing.TB) {
 	s.kill()
 }
 
+// Pause stops etcd with SIGSTOP: its connections stay open but nothing
+// answers, as with a hung server or a host cut off without a reset.
+func (s *Server) Pause(tb testing.TB) {
+	tb.Helper()
+	s.signal(tb, syscall.SIGSTOP)
+}
+
+// Resume continues a paused etcd (SIGCONT).
+func (s *Server) Resume(tb testing.TB) {
+	tb.Helper()
+	s.signal(tb, syscall.SIGCONT)
+}
+
+func (s *Server) signal(tb testing.TB, sig syscall.Signal) {
+	tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		tb.Fatalf("etcd %s is not running", s.Endpoint)
+	}
+	select {
+	case <-s.done:
+		tb.Fatalf("etcd %s exited", s.Endpoint)
+	default:
+	}
+	if err := syscall.Kill(s.cmd.Process.Pid, sig); err != nil {
+		tb.Fatalf("signal etcd: %v", err)
+	}
+}
+
 // Restart starts etcd again on the same ports and data directory (killing
 // it first if it runs) and waits until it answers.
 func (s *Server) Restart(tb testing.TB) {

@@ -1,0 +1,347 @@
+package etcdsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
+
+	"sockmesh/registry"
+)
+
+// Timing of Run; the tests shorten some.
+const (
+	// listTimeout bounds a list of the prefix (and the authentication of
+	// a new client).
+	listTimeout = 2 * time.Second
+	// probeEvery is how often Run asks etcd whether it still answers
+	// while it follows the watch.
+	probeEvery = time.Second
+	// probeTimeout bounds a probe: an etcd that does not answer within it
+	// is unreachable.
+	probeTimeout = time.Second
+	// Retries wait retryMin, doubling up to retryMax, counted from the
+	// start of the failed attempt.
+	retryMin = 100 * time.Millisecond
+	retryMax = 2 * time.Second
+)
+
+// Source implements registry.Source over an etcd key prefix: each key
+// below the prefix holds one service document, named by the rest of the
+// key (which may hold slashes).
+type Source struct {
+	cfg  Config
+	name string
+	log  *slog.Logger
+
+	listTimeout, probeEvery, probeTimeout time.Duration
+	retryMin, retryMax                    time.Duration
+	// afterList, when set (by tests), runs after each full list is sent,
+	// before the watch starts.
+	afterList func(rev int64)
+}
+
+var _ registry.Source = (*Source)(nil)
+
+// New returns a Source for cfg; it connects when it runs. log may be nil.
+func New(cfg Config, log *slog.Logger) (*Source, error) {
+	if err := cfg.check(); err != nil {
+		return nil, fmt.Errorf("etcd registry %s: %w", cfg.URL(), err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg.Endpoints = append([]string(nil), cfg.Endpoints...)
+	return &Source{
+		cfg:          cfg,
+		name:         cfg.URL(),
+		log:          log.With("source", cfg.URL()),
+		listTimeout:  listTimeout,
+		probeEvery:   probeEvery,
+		probeTimeout: probeTimeout,
+		retryMin:     retryMin,
+		retryMax:     retryMax,
+	}, nil
+}
+
+// Name is the configuration's URL, e.g. etcd://10.0.0.1:2379/sockmesh/services.
+func (s *Source) Name() string { return s.name }
+
+// errCompacted ends a watch that fell behind a compaction: Run lists
+// again at once, without calling the source stale.
+var errCompacted = errors.New("the watch fell behind a compaction")
+
+// Run sends the prefix's documents to out until ctx ends, and then returns
+// ctx.Err(). It never gives up otherwise:
+//
+//   - It lists the prefix (within 2 s) and sends the list as a full
+//     update, with the revision it was read at and the health "not
+//     stale"; then it watches the prefix from the next revision and sends
+//     each watch response's events as one update of changes (a put: the
+//     value; a delete: nil) with the response's revision.
+//   - When the watch fell behind a compaction it lists and watches again.
+//   - etcd's client re-dials a broken watch silently, so Run watches the
+//     client's connection (stale as soon as gRPC can connect to no
+//     endpoint: a killed etcd is seen within milliseconds) and probes
+//     etcd every second with a linearizable read (a count of the
+//     prefix's keys, within 1 s), for an etcd that hangs or lost its
+//     quorum. The first probe that fails makes the source stale: a
+//     false alarm costs one list, while waiting for a second failure
+//     would let the registry believe a dead etcd for 3 s.
+//   - Stale, it sends the health "stale" once, with the error, and lists
+//     again until a list succeeds: attempts start 100 ms apart, doubling
+//     up to 2 s, and one that waited for its timeout is followed at once,
+//     so a list always waits for the connection, which gRPC re-dials
+//     every second at most. The list that succeeds is sent as a full
+//     update with "not stale", and the watch starts over from it:
+//     whatever the old watch missed is in it.
+//   - An etcd unreachable at the start is the same: "stale" as soon as a
+//     connection fails, or when the first list times out (2 s), and the
+//     retries follow.
+func (s *Source) Run(ctx context.Context, out chan<- registry.DocUpdate) error {
+	st := &runState{Source: s, out: out, stale: true}
+	var c *clientv3.Client
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	wait := s.retryMin
+	for {
+		start := time.Now()
+		var err error
+		if c == nil {
+			c, err = s.client()
+		}
+		if err == nil {
+			var rev int64
+			if rev, err = st.list(ctx, c); err == nil {
+				wait = s.retryMin
+				if s.afterList != nil {
+					s.afterList(rev)
+				}
+				err = st.follow(ctx, c, rev)
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, errCompacted) {
+			s.log.Info("etcd compacted revisions the watch had not seen: listing again", "err", err)
+			continue
+		}
+		if err := st.setStale(ctx, err); err != nil {
+			return err
+		}
+		s.log.Debug("etcd registry unreachable: trying again", "err", err, "in", max(0, wait-time.Since(start)))
+		if err := sleep(ctx, wait-time.Since(start)); err != nil {
+			return err
+		}
+		wait = min(2*wait, s.retryMax)
+	}
+}
+
+// client connects; authentication, when there is any, waits for etcd at
+// most as long as a list.
+func (s *Source) client() (*clientv3.Client, error) {
+	cfg := s.cfg
+	if cfg.DialTimeout == 0 || cfg.DialTimeout > s.listTimeout {
+		cfg.DialTimeout = s.listTimeout
+	}
+	c, err := cfg.Client()
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", s.explain(err, s.listTimeout))
+	}
+	return c, nil
+}
+
+// runState is what one Run knows of what it told the registry.
+type runState struct {
+	*Source
+	out   chan<- registry.DocUpdate
+	stale bool      // the registry was last told stale (or nothing yet)
+	since time.Time // when stale last changed
+}
+
+// list lists the prefix and sends it as a full update; it returns the
+// revision it was read at. A list waits for a connection (until its
+// timeout); if gRPC finds no endpoint it can connect to meanwhile, the
+// source is stale at once.
+func (st *runState) list(ctx context.Context, c *clientv3.Client) (int64, error) {
+	lctx, cancel := context.WithTimeout(ctx, st.listTimeout)
+	defer cancel()
+	type result struct {
+		docs []Doc
+		rev  int64
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		docs, rev, err := List(lctx, c, st.cfg.Prefix)
+		done <- result{docs, rev, err}
+	}()
+	failed := connFailed(lctx, c)
+	var r result
+	for waiting := true; waiting; {
+		select {
+		case r = <-done:
+			waiting = false
+		case <-failed:
+			failed = nil
+			if err := st.setStale(ctx, st.cannotConnect()); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if r.err != nil {
+		return 0, fmt.Errorf("list %s: %w", st.cfg.Prefix, st.explain(r.err, st.listTimeout))
+	}
+	u := registry.DocUpdate{Source: st.name, Full: true, Docs: make(map[string][]byte, len(r.docs)), Revision: r.rev}
+	for _, d := range r.docs {
+		u.Docs[d.Key] = d.Value
+	}
+	if st.stale {
+		st.stale, st.since = false, time.Now()
+	}
+	u.Health = &registry.SourceHealth{Stale: false, Since: st.since}
+	return r.rev, st.send(ctx, u)
+}
+
+// follow watches the prefix from rev+1 and sends the changes until the
+// watch fails, a probe fails, or ctx ends.
+func (st *runState) follow(ctx context.Context, c *clientv3.Client, rev int64) error {
+	// A member cut off from the others has no leader: with
+	// WithRequireLeader its watches end instead of waiting silently.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	// Watch returns only once etcd confirmed the watch: a hung etcd
+	// would hold it until ctx ends, so it is called aside, and the probes
+	// go on meanwhile. watch is nil (never ready) until then.
+	created := make(chan clientv3.WatchChan, 1)
+	go func() { created <- c.Watch(wctx, st.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) }()
+	var watch clientv3.WatchChan
+	probe := time.NewTicker(st.probeEvery)
+	defer probe.Stop()
+	failed := connFailed(wctx, c)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-failed:
+			return st.cannotConnect()
+		case watch = <-created:
+			created = nil
+		case resp, ok := <-watch:
+			if !ok {
+				return errors.New("watch closed")
+			}
+			if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
+				return fmt.Errorf("%w: watch from revision %d, compacted up to %d", errCompacted, rev+1, resp.CompactRevision)
+			}
+			if err := resp.Err(); err != nil {
+				return fmt.Errorf("watch %s: %w", st.cfg.Prefix, err)
+			}
+			u := registry.DocUpdate{Source: st.name, Docs: map[string][]byte{}, Revision: resp.Header.Revision}
+			for _, ev := range resp.Events {
+				key := strings.TrimPrefix(string(ev.Kv.Key), st.cfg.Prefix)
+				if key == "" {
+					continue
+				}
+				switch ev.Type {
+				case mvccpb.PUT:
+					u.Docs[key] = value(ev.Kv.Value)
+				case mvccpb.DELETE:
+					u.Docs[key] = nil
+				}
+			}
+			if len(u.Docs) == 0 {
+				continue // a progress notification, or the prefix's own key
+			}
+			if err := st.send(ctx, u); err != nil {
+				return err
+			}
+		case <-probe.C:
+			pctx, cancel := context.WithTimeout(ctx, st.probeTimeout)
+			_, err := c.Get(pctx, st.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+			cancel()
+			if err != nil {
+				return fmt.Errorf("probe: %w", st.explain(err, st.probeTimeout))
+			}
+		}
+	}
+}
+
+// setStale tells the registry the source is stale, unless it was told so
+// already.
+func (st *runState) setStale(ctx context.Context, err error) error {
+	if st.stale && !st.since.IsZero() {
+		return nil
+	}
+	st.stale, st.since = true, time.Now()
+	return st.send(ctx, registry.DocUpdate{
+		Source: st.name,
+		Health: &registry.SourceHealth{Stale: true, Err: err.Error(), Since: st.since},
+	})
+}
+
+// send sends u unless ctx ends first.
+func (st *runState) send(ctx context.Context, u registry.DocUpdate) error {
+	select {
+	case st.out <- u:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// explain turns a timeout into what it means here.
+func (s *Source) explain(err error, timeout time.Duration) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("no answer from %s within %v", strings.Join(s.cfg.Endpoints, ","), timeout)
+	}
+	return err
+}
+
+// connFailed returns a channel closed when the client's connection is in
+// gRPC's TRANSIENT_FAILURE: it could connect to none of the endpoints
+// (refused, unreachable, a failed handshake). An etcd that is killed is
+// seen so within milliseconds; one that hangs only by the probe.
+func connFailed(ctx context.Context, c *clientv3.Client) <-chan struct{} {
+	ch := make(chan struct{})
+	conn := c.ActiveConnection()
+	go func() {
+		for s := conn.GetState(); s != connectivity.TransientFailure; s = conn.GetState() {
+			if !conn.WaitForStateChange(ctx, s) {
+				return
+			}
+		}
+		close(ch)
+	}()
+	return ch
+}
+
+func (s *Source) cannotConnect() error {
+	return fmt.Errorf("cannot connect to %s", strings.Join(s.cfg.Endpoints, ","))
+}
+
+// sleep waits d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

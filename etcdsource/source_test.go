@@ -1,0 +1,389 @@
+package etcdsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"sockmesh/registry"
+)
+
+// follower runs a Source and keeps the documents its updates describe,
+// as the registry would.
+type follower struct {
+	t    *testing.T
+	src  *Source
+	ch   chan registry.DocUpdate
+	docs map[string]string
+	rev  int64
+}
+
+// run starts src; the test's end cancels it and checks that Run returned
+// the context's error.
+func run(t *testing.T, src *Source) *follower {
+	t.Helper()
+	f := &follower{t: t, src: src, ch: make(chan registry.DocUpdate), docs: map[string]string{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, f.ch) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("Run returned %v, want context.Canceled", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("Run still running 5 s after its context ended")
+		}
+	})
+	return f
+}
+
+// next waits for the next update (within d), checks it and applies it.
+func (f *follower) next(d time.Duration) registry.DocUpdate {
+	f.t.Helper()
+	select {
+	case u := <-f.ch:
+		if u.Source != f.src.Name() {
+			f.t.Errorf("update from %q, want %q", u.Source, f.src.Name())
+		}
+		if u.Revision != 0 {
+			if u.Revision < f.rev {
+				f.t.Errorf("revision went back from %d to %d", f.rev, u.Revision)
+			}
+			f.rev = u.Revision
+		}
+		if u.Full {
+			clear(f.docs)
+		}
+		for k, v := range u.Docs {
+			if v == nil {
+				delete(f.docs, k)
+			} else {
+				f.docs[k] = string(v)
+			}
+		}
+		return u
+	case <-time.After(d):
+		f.t.Fatalf("no update within %v", d)
+		return registry.DocUpdate{}
+	}
+}
+
+// nextFull waits (within d) for a full list, applying whatever comes
+// before it.
+func (f *follower) nextFull(d time.Duration) registry.DocUpdate {
+	f.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		u := f.next(time.Until(deadline))
+		if u.Full {
+			return u
+		}
+	}
+}
+
+// waitFor applies updates until the documents are want (within d).
+func (f *follower) waitFor(d time.Duration, want map[string]string) {
+	f.t.Helper()
+	deadline := time.Now().Add(d)
+	for !maps.Equal(f.docs, want) {
+		if time.Now().After(deadline) {
+			f.t.Fatalf("documents %v, want %v", f.docs, want)
+		}
+		f.next(time.Until(deadline))
+	}
+}
+
+// etcdDocs is what etcd holds below the prefix.
+func etcdDocs(t *testing.T, c *clientv3.Client) map[string]string {
+	t.Helper()
+	docs, _, err := List(ctx(t), c, testPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, d := range docs {
+		m[d.Key] = string(d.Value)
+	}
+	return m
+}
+
+func newSource(t *testing.T, cfg Config) *Source {
+	t.Helper()
+	src, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
+func healthy(u registry.DocUpdate) bool { return u.Health != nil && !u.Health.Stale }
+
+// The first update is the full list, with the revision it was read at;
+// puts and deletes follow as changes, one update per watch response.
+func TestSourceListAndChanges(t *testing.T) {
+	_, c, cfg := startEtcd(t)
+	put(t, c, testPrefix+"a", "A")
+	put(t, c, testPrefix+"team/b", "B")
+	put(t, c, testPrefix+"empty", "")
+	put(t, c, testPrefix, "the prefix's own key")
+	put(t, c, "/sockmesh/servicesX", "outside")
+	rev := put(t, c, "/elsewhere", "outside")
+
+	f := run(t, newSource(t, cfg))
+	u := f.next(5 * time.Second)
+	if !u.Full || !healthy(u) || u.Revision != rev || u.Health.Since.IsZero() {
+		t.Fatalf("first update %+v (health %+v), want a full list at revision %d, not stale", u, u.Health, rev)
+	}
+	if want := map[string]string{"a": "A", "team/b": "B", "empty": ""}; !maps.Equal(f.docs, want) {
+		t.Errorf("listed %v, want %v", f.docs, want)
+	}
+	if u.Docs["empty"] == nil {
+		t.Error("an empty value listed as nil (deleted)")
+	}
+
+	rev = put(t, c, testPrefix+"c", "C")
+	u = f.next(2 * time.Second)
+	if u.Full || u.Health != nil || u.Revision != rev || len(u.Docs) != 1 || string(u.Docs["c"]) != "C" {
+		t.Errorf("after a put: %+v, want c=C at revision %d", u, rev)
+	}
+	rev = del(t, c, testPrefix+"a")
+	u = f.next(2 * time.Second)
+	if u.Full || u.Revision != rev || len(u.Docs) != 1 || u.Docs["a"] != nil {
+		t.Errorf("after a delete: %+v, want a deleted at revision %d", u, rev)
+	}
+	if _, ok := u.Docs["a"]; !ok {
+		t.Error("a deleted key is missing from the update, want it with a nil value")
+	}
+	// One transaction: one watch response, one update. Keys outside the
+	// prefix do not show.
+	resp, err := c.Txn(ctx(t)).Then(
+		clientv3.OpPut(testPrefix+"d", "D"),
+		clientv3.OpPut(testPrefix+"c", "C2"),
+		clientv3.OpDelete(testPrefix+"team/b"),
+		clientv3.OpPut("/elsewhere", "x"),
+		clientv3.OpPut(testPrefix+"e", ""),
+	).Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u = f.next(2 * time.Second)
+	if u.Revision != resp.Header.Revision || len(u.Docs) != 4 || u.Docs["e"] == nil {
+		t.Errorf("after a transaction: %+v, want d, c, team/b and e at revision %d", u, resp.Header.Revision)
+	}
+	put(t, c, "/elsewhere", "y")
+	put(t, c, testPrefix, "the prefix's key again")
+	rev = put(t, c, testPrefix+"f", "F")
+	u = f.next(2 * time.Second)
+	if len(u.Docs) != 1 || u.Revision != rev {
+		t.Errorf("after writes outside the prefix and a put of f: %+v, want f only", u)
+	}
+	if want := etcdDocs(t, c); !maps.Equal(f.docs, want) {
+		t.Errorf("followed %v, etcd holds %v", f.docs, want)
+	}
+}
+
+// A thousand documents are one full list.
+func TestSourceManyKeys(t *testing.T) {
+	_, c, cfg := startEtcd(t)
+	want := map[string]string{}
+	var ops []clientv3.Op
+	for i := range 1000 {
+		k, v := fmt.Sprintf("svc%04d", i), fmt.Sprintf("name: svc%04d\nvip: [198.18.%d.%d]\nports: [80]\nbackends: [127.0.0.1:8080]\n", i, i/250, i%250+1)
+		want[k] = v
+		ops = append(ops, clientv3.OpPut(testPrefix+k, v))
+		if len(ops) == 100 { // etcd's --max-txn-ops is 128
+			if _, err := c.Txn(ctx(t)).Then(ops...).Commit(); err != nil {
+				t.Fatal(err)
+			}
+			ops = nil
+		}
+	}
+	f := run(t, newSource(t, cfg))
+	if u := f.next(5 * time.Second); !u.Full || len(u.Docs) != 1000 || !maps.Equal(f.docs, want) {
+		t.Fatalf("first update: full %v, %d documents, want the 1000", u.Full, len(u.Docs))
+	}
+}
+
+// A watch that starts behind a compaction gets a second full list, then
+// follows from there.
+func TestSourceCompaction(t *testing.T) {
+	_, c, cfg := startEtcd(t)
+	put(t, c, testPrefix+"k", "0")
+	put(t, c, testPrefix+"gone", "x")
+	src := newSource(t, cfg)
+	lists := 0
+	src.afterList = func(rev int64) {
+		lists++
+		if lists > 1 {
+			return
+		}
+		// Between the list and the watch: changes, then a compaction
+		// of everything the watch would have replayed.
+		put(t, c, testPrefix+"k", "1")
+		put(t, c, testPrefix+"k", "2")
+		del(t, c, testPrefix+"gone")
+		last := put(t, c, testPrefix+"new", "n")
+		if _, err := c.Compact(ctx(t), last); err != nil {
+			t.Errorf("compact: %v", err)
+		}
+	}
+	f := run(t, src)
+	u := f.next(5 * time.Second)
+	if !u.Full || len(u.Docs) != 2 {
+		t.Fatalf("first update %+v, want the first full list", u)
+	}
+	u = f.next(5 * time.Second)
+	if !u.Full || !healthy(u) {
+		t.Fatalf("second update %+v, want a full list again, not stale", u)
+	}
+	if want := map[string]string{"k": "2", "new": "n"}; !maps.Equal(f.docs, want) {
+		t.Errorf("after the compaction: %v, want %v", f.docs, want)
+	}
+	rev := put(t, c, testPrefix+"k", "3")
+	if u := f.next(2 * time.Second); u.Full || u.Revision != rev || string(u.Docs["k"]) != "3" {
+		t.Errorf("after the second list: %+v, want k=3 at %d", u, rev)
+	}
+	if lists != 2 {
+		t.Errorf("listed %d times, want 2", lists)
+	}
+}
+
+// etcd killed: the source says stale within about 2 s and nothing more;
+// etcd back: a full list, not stale, including what changed the moment
+// it came back; then changes again.
+func TestSourceEtcdDown(t *testing.T) {
+	e, c, cfg := startEtcd(t)
+	put(t, c, testPrefix+"a", "A")
+	put(t, c, testPrefix+"b", "B")
+	f := run(t, newSource(t, cfg))
+	if u := f.next(5 * time.Second); !u.Full || !healthy(u) {
+		t.Fatalf("first update %+v, want a full list", u)
+	}
+	put(t, c, testPrefix+"c", "C")
+	f.next(2 * time.Second)
+
+	for round := range 2 {
+		stopped := time.Now()
+		e.Stop(t)
+		u := f.next(4 * time.Second)
+		took := time.Since(stopped)
+		if u.Health == nil || !u.Health.Stale || u.Full || len(u.Docs) != 0 || u.Health.Since.Before(stopped) {
+			t.Fatalf("round %d: update after etcd died: %+v (health %+v), want stale only", round, u, u.Health)
+		}
+		t.Logf("round %d: stale %v after etcd died: %s", round, took, u.Health.Err)
+		if took > 500*time.Millisecond {
+			t.Errorf("round %d: stale only %v after etcd died, want at once", round, took)
+		}
+		if u.Health.Err != "cannot connect to "+e.Endpoint {
+			t.Errorf("round %d: stale error %q, want it to say etcd cannot be reached", round, u.Health.Err)
+		}
+		// Stale is said once.
+		select {
+		case u := <-f.ch:
+			t.Fatalf("round %d: a second update while etcd is down: %+v", round, u)
+		case <-time.After(2500 * time.Millisecond): // a failed list or more
+		}
+
+		restarted := time.Now()
+		e.Restart(t)
+		// Written before the source got back: it must show all the same.
+		put(t, c, testPrefix+"b", fmt.Sprintf("B%d", round))
+		del(t, c, testPrefix+"a")
+		u = f.nextFull(5 * time.Second)
+		t.Logf("round %d: full list %v after etcd answered again", round, time.Since(restarted))
+		if !healthy(u) || u.Health.Since.Before(restarted) {
+			t.Errorf("round %d: full list after the restart: health %+v, want not stale since the restart", round, u.Health)
+		}
+		want := map[string]string{"b": fmt.Sprintf("B%d", round), "c": "C"}
+		f.waitFor(2*time.Second, want)
+		put(t, c, testPrefix+"a", "A")
+		want["a"] = "A"
+		f.waitFor(2*time.Second, want)
+	}
+}
+
+// etcd hangs (SIGSTOP: connections stay up, nothing answers): the probe
+// sees it within about 2 s; etcd back, a full list.
+func TestSourceEtcdHangs(t *testing.T) {
+	e, c, cfg := startEtcd(t)
+	put(t, c, testPrefix+"a", "A")
+	f := run(t, newSource(t, cfg))
+	if u := f.next(5 * time.Second); !u.Full || !healthy(u) {
+		t.Fatalf("first update %+v, want a full list", u)
+	}
+	e.Pause(t)
+	paused := time.Now()
+	u := f.next(4 * time.Second)
+	took := time.Since(paused)
+	t.Logf("stale %v after etcd hung: %s", took, u.Health.Err)
+	if u.Health == nil || !u.Health.Stale || u.Health.Err != "probe: no answer from "+e.Endpoint+" within 1s" {
+		t.Fatalf("update after etcd hung: %+v (health %+v), want stale for want of an answer", u, u.Health)
+	}
+	// A probe a second, answered within a second: 2 s, and some slack
+	// for a loaded machine.
+	if took > 3*time.Second {
+		t.Errorf("stale only %v after etcd hung, want about 2 s at most", took)
+	}
+	e.Resume(t)
+	resumed := time.Now()
+	u = f.next(3 * time.Second)
+	t.Logf("full list %v after etcd resumed", time.Since(resumed))
+	if !u.Full || !healthy(u) || !maps.Equal(f.docs, map[string]string{"a": "A"}) {
+		t.Errorf("after etcd resumed: %+v, want a full list, not stale", u)
+	}
+	put(t, c, testPrefix+"b", "B")
+	f.waitFor(2*time.Second, map[string]string{"a": "A", "b": "B"})
+}
+
+// etcd unreachable at the start: stale at once, then a full list when it
+// answers.
+func TestSourceUnreachableAtStart(t *testing.T) {
+	e, c, cfg := startEtcd(t)
+	put(t, c, testPrefix+"a", "A")
+	e.Stop(t)
+	start := time.Now()
+	f := run(t, newSource(t, cfg))
+	u := f.next(4 * time.Second)
+	if u.Health == nil || !u.Health.Stale || u.Full {
+		t.Fatalf("first update with etcd down: %+v, want stale", u)
+	}
+	t.Logf("stale %v after the start: %s", time.Since(start), u.Health.Err)
+	if time.Since(start) > 500*time.Millisecond {
+		t.Errorf("stale %v after the start, want at once", time.Since(start))
+	}
+	time.Sleep(2 * time.Second) // a few retries
+	e.Restart(t)
+	restarted := time.Now()
+	u = f.next(3 * time.Second)
+	t.Logf("full list %v after etcd answered", time.Since(restarted))
+	if !u.Full || !healthy(u) || !maps.Equal(f.docs, map[string]string{"a": "A"}) {
+		t.Errorf("after etcd came: %+v, want a full list, not stale", u)
+	}
+}
+
+// Run returns when its context ends, even while nobody reads its updates.
+func TestSourceCancelWhileBlocked(t *testing.T) {
+	_, c, cfg := startEtcd(t)
+	put(t, c, testPrefix+"a", "A")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- newSource(t, cfg).Run(ctx, make(chan registry.DocUpdate)) }()
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Run returned %v, want context.Canceled", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run blocked on its output after its context ended")
+	}
+}
