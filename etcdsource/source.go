@@ -97,7 +97,8 @@ var errCompacted = errors.New("the watch fell behind a compaction")
 //     would let the registry believe a dead etcd for 3 s.
 //   - Stale, it sends the health "stale" once, with the error, and lists
 //     again until a list succeeds: attempts start 100 ms apart, doubling
-//     up to 2 s, and one that waited for its timeout is followed at once,
+//     up to 2 s while they fail fast, and one that waited for its timeout
+//     is followed at once,
 //     so a list always waits for the connection, which gRPC re-dials
 //     every second at most. The list that succeeds is sent as a full
 //     update with "not stale", and the watch starts over from it:
@@ -123,7 +124,6 @@ func (s *Source) Run(ctx context.Context, out chan<- registry.DocUpdate) error {
 		if err == nil {
 			var rev int64
 			if rev, err = st.list(ctx, c); err == nil {
-				wait = s.retryMin
 				if s.afterList != nil {
 					s.afterList(rev)
 				}
@@ -139,6 +139,12 @@ func (s *Source) Run(ctx context.Context, out chan<- registry.DocUpdate) error {
 		}
 		if err := st.setStale(ctx, err); err != nil {
 			return err
+		}
+		// Retries back off while attempts fail fast (a watch that etcd
+		// refuses right after a good list included), and start over after
+		// one that lasted.
+		if time.Since(start) > s.retryMax {
+			wait = s.retryMin
 		}
 		s.log.Debug("etcd registry unreachable: trying again", "err", err, "in", max(0, wait-time.Since(start)))
 		if err := sleep(ctx, wait-time.Since(start)); err != nil {

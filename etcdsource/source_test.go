@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"testing"
 	"time"
 
@@ -386,4 +387,56 @@ func TestSourceCancelWhileBlocked(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("Run blocked on its output after its context ended")
 	}
+}
+
+// With authentication on: a user who may read the prefix follows it; a
+// wrong password is stale, saying why.
+func TestSourceAuth(t *testing.T) {
+	_, c, cfg := startEtcd(t)
+	put(t, c, testPrefix+"a", "A")
+	for _, step := range []func() error{
+		func() error { _, err := c.RoleAdd(ctx(t), "root"); return err },
+		func() error { _, err := c.UserAdd(ctx(t), "root", "rootpw"); return err },
+		func() error { _, err := c.UserGrantRole(ctx(t), "root", "root"); return err },
+		func() error { _, err := c.RoleAdd(ctx(t), "sockmesh"); return err },
+		func() error {
+			_, err := c.RoleGrantPermission(ctx(t), "sockmesh", testPrefix, clientv3.GetPrefixRangeEnd(testPrefix), clientv3.PermissionType(clientv3.PermRead))
+			return err
+		},
+		func() error { _, err := c.UserAdd(ctx(t), "reader", "readpw"); return err },
+		func() error { _, err := c.UserGrantRole(ctx(t), "reader", "sockmesh"); return err },
+		func() error { _, err := c.AuthEnable(ctx(t)); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("set up authentication: %v", err)
+		}
+	}
+	rootCfg := cfg
+	rootCfg.Username, rootCfg.Password = "root", "rootpw"
+	root, err := rootCfg.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+
+	readCfg := cfg
+	readCfg.Username, readCfg.Password = "reader", "readpw"
+	f := run(t, newSource(t, readCfg))
+	if u := f.next(5 * time.Second); !u.Full || !healthy(u) || !maps.Equal(f.docs, map[string]string{"a": "A"}) {
+		t.Fatalf("first update as reader: %+v (health %+v), want the full list", u, u.Health)
+	}
+	put(t, root, testPrefix+"b", "B")
+	f.waitFor(2*time.Second, map[string]string{"a": "A", "b": "B"})
+	if _, err := c.Get(ctx(t), testPrefix); err == nil {
+		t.Error("a client without a user reads with authentication on")
+	}
+
+	badCfg := cfg
+	badCfg.Username, badCfg.Password = "reader", "wrong"
+	bad := run(t, newSource(t, badCfg))
+	u := bad.next(5 * time.Second)
+	if u.Health == nil || !u.Health.Stale || !strings.Contains(u.Health.Err, "authentication failed") {
+		t.Fatalf("wrong password: %+v (health %+v), want stale: authentication failed", u, u.Health)
+	}
+	t.Logf("wrong password: %s", u.Health.Err)
 }
