@@ -7,6 +7,7 @@
 package etcdsource
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -16,6 +17,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -23,6 +26,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 )
 
 const (
@@ -202,7 +206,10 @@ var reconnect = grpc.ConnectParams{
 
 // Client connects to etcd. It does not wait for a connection, except to
 // authenticate when a user is set (DialTimeout at most).
-func (c Config) Client() (*clientv3.Client, error) {
+func (c Config) Client() (*clientv3.Client, error) { return c.client(nil) }
+
+// client is Client; TLS failures go to tlsErr when it is not nil.
+func (c Config) client(tlsErr *lastErr) (*clientv3.Client, error) {
 	if len(c.Endpoints) == 0 {
 		return nil, errors.New("no etcd endpoints")
 	}
@@ -219,8 +226,14 @@ func (c Config) Client() (*clientv3.Client, error) {
 		timeout = DefaultDialTimeout
 	}
 	var tlsConfig *tls.Config
+	opts := []grpc.DialOption{grpc.WithConnectParams(reconnect)}
 	if c.TLS != nil {
 		tlsConfig = c.TLS.Clone()
+		if tlsErr != nil {
+			// Replaces the credentials clientv3 makes of the same
+			// configuration.
+			opts = append(opts, grpc.WithTransportCredentials(tlsRecorder{credentials.NewTLS(tlsConfig), tlsErr}))
+		}
 	}
 	return clientv3.New(clientv3.Config{
 		Endpoints:   eps,
@@ -235,8 +248,69 @@ func (c Config) Client() (*clientv3.Client, error) {
 		DialKeepAliveTimeout: 5 * time.Second,
 		// The client's own log is noise: failures reach the caller.
 		Logger:      zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(reconnect)},
+		DialOptions: opts,
 	})
+}
+
+// lastErr is the last error of some kind, safe for concurrent use.
+type lastErr struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (e *lastErr) set(err error) {
+	e.mu.Lock()
+	e.err = err
+	e.mu.Unlock()
+}
+
+func (e *lastErr) get() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
+}
+
+// tlsRecorder keeps the last TLS failure of a client's connections in
+// err: gRPC keeps it to itself and only reports, after a timeout, that no
+// connection is ready. A server that refuses the client's certificate
+// (TLS 1.3) says so after the handshake, on the first read: the
+// connection's first read error counts too.
+type tlsRecorder struct {
+	credentials.TransportCredentials
+	err *lastErr
+}
+
+func (r tlsRecorder) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := r.TransportCredentials.ClientHandshake(ctx, authority, raw)
+	if err != nil {
+		r.err.set(fmt.Errorf("TLS handshake: %w", err))
+		return conn, info, err
+	}
+	return &firstReadConn{Conn: conn, err: r.err}, info, nil
+}
+
+func (r tlsRecorder) Clone() credentials.TransportCredentials {
+	return tlsRecorder{r.TransportCredentials.Clone(), r.err}
+}
+
+// firstReadConn records the error of a TLS connection's first read, or
+// clears the last error when the read succeeds.
+type firstReadConn struct {
+	net.Conn
+	err  *lastErr
+	done atomic.Bool
+}
+
+func (c *firstReadConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if !c.done.Swap(true) {
+		if err != nil && n == 0 {
+			c.err.set(fmt.Errorf("TLS: %w", err))
+		} else {
+			c.err.set(nil)
+		}
+	}
+	return n, err
 }
 
 // TLSConfig builds a TLS configuration as etcdctl's --cacert, --cert and

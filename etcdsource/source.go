@@ -119,7 +119,7 @@ func (s *Source) Run(ctx context.Context, out chan<- registry.DocUpdate) error {
 		start := time.Now()
 		var err error
 		if c == nil {
-			c, err = s.client()
+			c, err = st.client()
 		}
 		if err == nil {
 			var rev int64
@@ -156,14 +156,17 @@ func (s *Source) Run(ctx context.Context, out chan<- registry.DocUpdate) error {
 
 // client connects; authentication, when there is any, waits for etcd at
 // most as long as a list.
-func (s *Source) client() (*clientv3.Client, error) {
-	cfg := s.cfg
-	if cfg.DialTimeout == 0 || cfg.DialTimeout > s.listTimeout {
-		cfg.DialTimeout = s.listTimeout
+func (st *runState) client() (*clientv3.Client, error) {
+	cfg := st.cfg
+	if cfg.DialTimeout == 0 || cfg.DialTimeout > st.listTimeout {
+		cfg.DialTimeout = st.listTimeout
 	}
-	c, err := cfg.Client()
+	c, err := cfg.client(&st.tlsErr)
 	if err != nil {
-		return nil, fmt.Errorf("connect: %w", s.explain(err, s.listTimeout))
+		if errors.Is(err, context.DeadlineExceeded) && st.tlsErr.get() != nil {
+			return nil, st.cannotConnect()
+		}
+		return nil, fmt.Errorf("connect: %w", st.explain(err, st.listTimeout))
 	}
 	return c, nil
 }
@@ -171,9 +174,10 @@ func (s *Source) client() (*clientv3.Client, error) {
 // runState is what one Run knows of what it told the registry.
 type runState struct {
 	*Source
-	out   chan<- registry.DocUpdate
-	stale bool      // the registry was last told stale (or nothing yet)
-	since time.Time // when stale last changed
+	out    chan<- registry.DocUpdate
+	stale  bool      // the registry was last told stale (or nothing yet)
+	since  time.Time // when stale last changed
+	tlsErr lastErr   // the client's last TLS failure
 }
 
 // list lists the prefix and sends it as a full update; it returns the
@@ -333,8 +337,11 @@ func connFailed(ctx context.Context, c *clientv3.Client) <-chan struct{} {
 	return ch
 }
 
-func (s *Source) cannotConnect() error {
-	return fmt.Errorf("cannot connect to %s", strings.Join(s.cfg.Endpoints, ","))
+func (st *runState) cannotConnect() error {
+	if err := st.tlsErr.get(); err != nil {
+		return fmt.Errorf("cannot connect to %s: %w", strings.Join(st.cfg.Endpoints, ","), err)
+	}
+	return fmt.Errorf("cannot connect to %s", strings.Join(st.cfg.Endpoints, ","))
 }
 
 // sleep waits d, or until ctx ends.

@@ -11,6 +11,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"sockmesh/internal/etcdtest"
+	"sockmesh/internal/testenv"
 	"sockmesh/registry"
 )
 
@@ -439,4 +441,46 @@ func TestSourceAuth(t *testing.T) {
 		t.Fatalf("wrong password: %+v (health %+v), want stale: authentication failed", u, u.Health)
 	}
 	t.Logf("wrong password: %s", u.Health.Err)
+}
+
+// etcds:// with TLSConfig's CA and client certificate, against an etcd
+// that requires them.
+func TestSourceTLS(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	ca, cert, key := testCerts(t)
+	e := etcdtest.StartWith(t, etcdtest.Options{CertFile: cert, KeyFile: key, CAFile: ca, ClientCertAuth: true})
+	put(t, e.Client(t), testPrefix+"a", "A")
+
+	cfg, err := ParseURL("etcds://" + e.Endpoint + testPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TLS, err = TLSConfig(ca, cert, key); err != nil {
+		t.Fatal(err)
+	}
+	f := run(t, newSource(t, cfg))
+	if u := f.next(5 * time.Second); !u.Full || !healthy(u) || !maps.Equal(f.docs, map[string]string{"a": "A"}) {
+		t.Fatalf("first update over TLS: %+v (health %+v), want the full list", u, u.Health)
+	}
+
+	// Without the client certificate etcd refuses: stale.
+	noCert := cfg
+	if noCert.TLS, err = TLSConfig(ca, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	u := run(t, newSource(t, noCert)).next(5 * time.Second)
+	if u.Health == nil || !u.Health.Stale || !strings.HasSuffix(u.Health.Err, "tls: bad certificate") {
+		t.Fatalf("without a client certificate: %+v (health %+v), want stale: bad certificate", u, u.Health)
+	}
+	t.Logf("without a client certificate: %s", u.Health.Err)
+	// Without the CA, the server is not trusted: stale.
+	noCA := cfg
+	if noCA.TLS, err = TLSConfig("", cert, key); err != nil {
+		t.Fatal(err)
+	}
+	u = run(t, newSource(t, noCA)).next(5 * time.Second)
+	if u.Health == nil || !u.Health.Stale || !strings.HasSuffix(u.Health.Err, "x509: certificate signed by unknown authority") {
+		t.Fatalf("without the CA: %+v (health %+v), want stale: unknown authority", u, u.Health)
+	}
+	t.Logf("without the CA: %s", u.Health.Err)
 }

@@ -8,6 +8,8 @@ package etcdtest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -35,7 +37,7 @@ const startWait = 20 * time.Second
 
 // Server is an etcd process started by a test.
 type Server struct {
-	// Endpoint is the client address, "IP:PORT".
+	// Endpoint is the client address, "IP:PORT" (URL has the scheme).
 	Endpoint string
 	// DataDir is the member's data directory.
 	DataDir string
@@ -43,6 +45,8 @@ type Server struct {
 	Name string
 
 	ip                   string
+	opts                 Options
+	tls                  *tls.Config // for clients, when etcd serves TLS
 	clientPort, peerPort int
 	out                  *syncBuffer
 
@@ -63,15 +67,44 @@ func Start(tb testing.TB) *Server {
 // this network namespace) for both clients and peers.
 func StartOn(tb testing.TB, ip string) *Server {
 	tb.Helper()
+	return StartWith(tb, Options{IP: ip})
+}
+
+// Options say how StartWith starts etcd.
+type Options struct {
+	// IP is the address etcd listens on; 127.0.0.1 when empty.
+	IP string
+	// CertFile and KeyFile (PEM), when set, make clients talk TLS to etcd
+	// with this certificate. Client verifies it against CAFile.
+	CertFile, KeyFile, CAFile string
+	// ClientCertAuth makes etcd require clients' certificates signed by
+	// CAFile; Client presents CertFile and KeyFile.
+	ClientCertAuth bool
+}
+
+// StartWith is Start with options.
+func StartWith(tb testing.TB, opts Options) *Server {
+	tb.Helper()
 	if _, err := os.Stat(Binary); err != nil {
 		tb.Fatalf("etcd server not installed (apt-get install etcd-server): %v", err)
+	}
+	if opts.IP == "" {
+		opts.IP = "127.0.0.1"
 	}
 	s := &Server{
 		Name:    "sockmesh-test",
 		DataDir: filepath.Join(tb.TempDir(), "etcd"), // etcd creates it 0700
-		ip:      ip,
+		ip:      opts.IP,
+		opts:    opts,
 		out:     &syncBuffer{},
 	}
+	if opts.CertFile != "" {
+		var err error
+		if s.tls, err = s.clientTLS(); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	ip := opts.IP
 	tb.Cleanup(func() {
 		s.kill()
 		if tb.Failed() {
@@ -166,9 +199,13 @@ func (s *Server) Client(tb testing.TB) *clientv3.Client {
 // Output is what etcd printed so far.
 func (s *Server) Output() string { return s.out.String() }
 
+// URL is the client URL, http:// or https://.
+func (s *Server) URL() string { return s.url(s.clientPort, s.tls != nil) }
+
 func (s *Server) newClient() (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{
-		Endpoints:   []string{"http://" + s.Endpoint},
+		Endpoints:   []string{s.URL()},
+		TLS:         s.tls,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 		DialOptions: []grpc.DialOption{
@@ -183,21 +220,48 @@ func (s *Server) newClient() (*clientv3.Client, error) {
 	})
 }
 
-func (s *Server) url(port int) string {
-	return "http://" + net.JoinHostPort(s.ip, strconv.Itoa(port))
+func (s *Server) url(port int, tls bool) string {
+	scheme := "http://"
+	if tls {
+		scheme = "https://"
+	}
+	return scheme + net.JoinHostPort(s.ip, strconv.Itoa(port))
+}
+
+// clientTLS is the TLS configuration of the server's clients.
+func (s *Server) clientTLS() (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if s.opts.CAFile != "" {
+		pem, err := os.ReadFile(s.opts.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("no certificate in %s", s.opts.CAFile)
+		}
+	}
+	if s.opts.ClientCertAuth {
+		cert, err := tls.LoadX509KeyPair(s.opts.CertFile, s.opts.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
 }
 
 // start starts the process and waits until it answers.
 func (s *Server) start() error {
-	clientURL, peerURL := s.url(s.clientPort), s.url(s.peerPort)
-	cmd := exec.Command(Binary,
+	clientURL, peerURL := s.URL(), s.url(s.peerPort, false)
+	args := []string{
 		"--name", s.Name,
 		"--data-dir", s.DataDir,
 		"--listen-client-urls", clientURL,
 		"--advertise-client-urls", clientURL,
 		"--listen-peer-urls", peerURL,
 		"--initial-advertise-peer-urls", peerURL,
-		"--initial-cluster", s.Name+"="+peerURL,
+		"--initial-cluster", s.Name + "=" + peerURL,
 		"--initial-cluster-state", "new",
 		// A single member elects itself after one election timeout: keep it
 		// short so tests start fast.
@@ -206,7 +270,14 @@ func (s *Server) start() error {
 		"--logger", "zap",
 		"--log-outputs", "stderr",
 		"--log-level", "error",
-	)
+	}
+	if s.opts.CertFile != "" {
+		args = append(args, "--cert-file", s.opts.CertFile, "--key-file", s.opts.KeyFile)
+	}
+	if s.opts.ClientCertAuth {
+		args = append(args, "--client-cert-auth", "--trusted-ca-file", s.opts.CAFile)
+	}
+	cmd := exec.Command(Binary, args...)
 	// The machine's ETCD_* variables would override the flags.
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "ETCD") {
