@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -64,10 +65,15 @@ func newFleet(t *testing.T, n int, extra func(i int) []string) (*etcdtest.Server
 			t.Fatalf("%v: %v\n%s", args, err, out)
 		}
 	}
-	sh("ip", "link", "add", "sm-fleet", "type", "bridge")
-	t.Cleanup(func() { exec.Command("ip", "link", "del", "sm-fleet").Run() })
-	sh("ip", "addr", "add", "192.0.2.1/24", "dev", "sm-fleet")
-	sh("ip", "link", "set", "sm-fleet", "up")
+	// Names of their own per fleet: a namespace's veth outlives its
+	// holder for a moment (the kernel dismantles namespaces in the
+	// background), and the next test must not trip over it.
+	tag := fmt.Sprintf("smf%04x", rand.IntN(1<<16))
+	bridge := tag + "br"
+	sh("ip", "link", "add", bridge, "type", "bridge")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", bridge).Run() })
+	sh("ip", "addr", "add", "192.0.2.1/24", "dev", bridge)
+	sh("ip", "link", "set", bridge, "up")
 	etcd := etcdtest.StartOn(t, "192.0.2.1")
 	url := "etcd://" + etcd.Endpoint + "/fleet/services/"
 
@@ -91,9 +97,10 @@ func newFleet(t *testing.T, n int, extra func(i int) []string) (*etcdtest.Server
 				t.Fatalf("%s: no network namespace", h.name)
 			}
 		}
-		veth := fmt.Sprintf("sm-h%d", i)
+		veth := fmt.Sprintf("%sh%d", tag, i)
 		sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", fmt.Sprint(holder.Process.Pid))
-		sh("ip", "link", "set", veth, "master", "sm-fleet", "up")
+		t.Cleanup(func() { exec.Command("ip", "link", "del", veth).Run() })
+		sh("ip", "link", "set", veth, "master", bridge, "up")
 		h.run(t, "ip", "link", "set", "lo", "up")
 		h.run(t, "ip", "addr", "add", h.ip+"/24", "dev", "eth0")
 		h.run(t, "ip", "link", "set", "eth0", "up")
@@ -226,4 +233,53 @@ func helperHTTPServer(args []string) int {
 	}))
 	fmt.Fprintln(os.Stderr, err)
 	return 1
+}
+
+// A host publishing its own backends with a lease dies: after the lease's
+// time to live its services leave the other hosts, and new connects from
+// them no longer go there.
+func TestFleetLeaseExpiry(t *testing.T) {
+	pubDir := t.TempDir()
+	if err := os.Chmod(pubDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pubDir, "bweb.yaml"), []byte("name: bweb\nvip: [198.18.20.3]\nports: [80]\nbackends: [192.0.2.12:8080]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 2 * time.Second
+	_, _, hosts := newFleet(t, 3, func(i int) []string {
+		if i == 1 {
+			return []string{"--publish", pubDir, "--publish-ttl", ttl.String()}
+		}
+		return nil
+	})
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	b.serve(t, "192.0.2.12:8080")
+	for _, h := range hosts {
+		waitServed(t, h.pinDir(), "198.18.20.3", 5*time.Second, "192.0.2.12:8080")
+	}
+	for _, h := range []*fleetHost{a, c} {
+		if got := h.curl(t, "http://198.18.20.3/"); got != "backend 192.0.2.12:8080" {
+			t.Errorf("curl from %s: %q", h.name, got)
+		}
+	}
+	b.daemon.stop(t, syscall.SIGKILL)
+	killed := time.Now()
+	for _, h := range []*fleetHost{a, c} {
+		for deadline := killed.Add(ttl + 5*time.Second); servedBackends(t, h.pinDir(), "198.18.20.3", 80) != nil; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still serves host B's service %v after the kill", h.name, time.Since(killed))
+			}
+		}
+	}
+	gone := time.Since(killed)
+	t.Logf("host B killed: its service left hosts A and C after %v (lease %v)", gone.Round(time.Millisecond), ttl)
+	// The lease runs from the last keep-alive, sent every third of it: it
+	// ends between 2/3 of the TTL and the TTL after the kill.
+	if gone < ttl*2/3-200*time.Millisecond {
+		t.Errorf("the service left after %v, before the lease (%v) could expire: not the lease", gone, ttl)
+	}
+	if got := a.curl(t, "http://198.18.20.3/"); !strings.Contains(got, "No route to host") && !strings.Contains(got, "Couldn't connect") {
+		t.Errorf("curl from %s after B's service left: %q, want the VIP unreachable", a.name, got)
+	}
 }

@@ -43,8 +43,11 @@ type runFlags struct {
 	// balanced.
 	excludeCgroups []string
 	excludeUIDs    []uint
-	// registry is the shared registry on etcd, if any.
-	registry registryFlags
+	// registry is the shared registry on etcd, if any; publish a
+	// directory this host publishes there with a lease of publishTTL.
+	registry   registryFlags
+	publish    string
+	publishTTL time.Duration
 }
 
 // mapSizeFlags size the datapath maps when run creates them; pinned maps
@@ -106,6 +109,8 @@ removes everything.`,
 	f.maps.add(cmd)
 	cmd.Flags().StringArrayVar(&f.excludeCgroups, "exclude-cgroup", nil, "cgroup v2 subtree (a path, or a name under the cgroup2 mount) whose connects and sends to VIPs go out unchanged, e.g. a sidecar's; repeatable, up to 8")
 	f.registry.add(cmd.Flags(), "also serve the services of this etcd key prefix, shared by every host")
+	cmd.Flags().StringVar(&f.publish, "publish", "", "directory of service files this host publishes to --registry under a lease (its own backends: they leave every host when this one dies)")
+	cmd.Flags().DurationVar(&f.publishTTL, "publish-ttl", 10*time.Second, "lease of the published services: how long after this host dies they stay on the others (whole seconds, etcd's minimum is about 2s)")
 	cmd.Flags().UintSliceVar(&f.excludeUIDs, "exclude-uid", nil, "uid whose connects and sends to VIPs go out unchanged; repeatable or comma-separated, up to 8")
 	return cmd
 }
@@ -340,6 +345,12 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		done <- err
 		return stop(nil)
 	}
+	var publishErrs <-chan error // nil without --publish: never ready
+	if f.publish != "" {
+		ch := make(chan error, 1)
+		publishErrs = ch
+		go func() { ch <- publishDir(ctx, f.publish, cfg.registry, f.publishTTL, log) }()
+	}
 	var dnsErrs, metricsErrs <-chan error // nil when off: never ready
 	if dnsHandler != nil {
 		// Listen only now: the first snapshot is in the zone (publishDNS
@@ -403,6 +414,11 @@ wait:
 		case err = <-metricsErrs:
 			err = stop(fmt.Errorf("serve metrics: %w", err))
 			break wait
+		case err = <-publishErrs:
+			if err != nil {
+				err = stop(err)
+				break wait
+			}
 		}
 	}
 	log.Info("stopped; the datapath stays pinned and keeps serving (sockmesh down removes it)", "pins", f.paths.pinDir)
@@ -447,6 +463,17 @@ func (f *runFlags) check(log *slog.Logger) (*runConfig, error) {
 	}
 	if cfg.registry, cfg.useRegistry, err = f.registry.config(); err != nil {
 		return nil, err
+	}
+	if f.publish != "" {
+		if !cfg.useRegistry {
+			return nil, errors.New("parse --publish: needs --registry")
+		}
+		if f.publishTTL < time.Second {
+			return nil, fmt.Errorf("parse --publish-ttl: %s is under a second", f.publishTTL)
+		}
+		if f.publish, err = filepath.Abs(f.publish); err != nil {
+			return nil, fmt.Errorf("parse --publish: %w", err)
+		}
 	}
 	switch {
 	case f.services == "off" && !cfg.useRegistry:

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"sockmesh/etcdsource"
+	"sockmesh/servicefile"
+)
+
+// publishRescan is how often the published directory is read again even
+// without a change notice (a safety net for lost events).
+const publishRescan = 10 * time.Second
+
+// publishDir keeps the service files of dir published in the shared
+// registry under a lease of ttl, until ctx ends: this host's own backends,
+// which every host serves, and which etcd removes ttl after this host dies.
+// A file that does not parse keeps its last good version published.
+// Stopping does not revoke the lease: a daemon restarted within ttl (an
+// upgrade) takes its services over and no host ever loses them.
+func publishDir(ctx context.Context, dir string, cfg etcdsource.Config, ttl time.Duration, log *slog.Logger) error {
+	c, err := cfg.Client()
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", dir, err)
+	}
+	defer c.Close() // ends the publisher's keep-alive; the lease expires
+	p := etcdsource.NewPublisher(c, cfg.Prefix, ttl, log)
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", dir, err)
+	}
+	defer w.Close()
+	if err := w.Add(dir); err != nil {
+		return fmt.Errorf("publish %s: %w", dir, err)
+	}
+	good := map[string]*servicefile.Service{} // by file, last good
+	read := func() {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			log.Warn("publish: cannot read the directory; what is published stays", "dir", dir, "err", err)
+			return
+		}
+		seen := map[string]bool{}
+		for _, e := range entries {
+			if !isPublishable(e.Name()) {
+				continue
+			}
+			path := filepath.Join(dir, e.Name())
+			seen[path] = true
+			data, err := os.ReadFile(path)
+			if err != nil {
+				log.Warn("publish: file unreadable; its last good version stays published", "file", path, "err", err)
+				continue
+			}
+			if old := good[path]; old != nil && string(old.Source) == string(data) {
+				continue
+			}
+			svc, err := servicefile.Parse(path, data)
+			if err != nil {
+				log.Warn("publish: file refused; its last good version stays published", "err", err)
+				continue
+			}
+			good[path] = svc
+		}
+		docs := map[string][]byte{}
+		for path, svc := range good {
+			if !seen[path] {
+				delete(good, path)
+				continue
+			}
+			docs[svc.Name] = svc.Source
+		}
+		p.Set(docs)
+	}
+	read()
+	log.Info("publishing this host's services to the shared registry", "dir", dir, "registry", cfg.URL(), "ttl", ttl)
+	tick := time.NewTicker(publishRescan)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-w.Events:
+			if !ok {
+				return fmt.Errorf("publish %s: watcher closed", dir)
+			}
+		case <-w.Errors:
+		case <-tick.C:
+		}
+		read()
+	}
+}
+
+func isPublishable(name string) bool {
+	return !strings.HasPrefix(name, ".") && (strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml"))
+}
