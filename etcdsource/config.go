@@ -293,22 +293,36 @@ func (r tlsRecorder) Clone() credentials.TransportCredentials {
 	return tlsRecorder{r.TransportCredentials.Clone(), r.err}
 }
 
-// firstReadConn records the error of a TLS connection's first read, or
-// clears the last error when the read succeeds.
+// firstReadConn records a TLS connection's errors until a read succeeds
+// (and then clears the last error): what the server said when it refused
+// the client. A read error (the server's alert) wins over a write error
+// (a broken pipe); gRPC closing the connection itself says nothing. Which
+// one a refused connection meets first is a race.
 type firstReadConn struct {
 	net.Conn
-	err  *lastErr
-	done atomic.Bool
+	err      *lastErr
+	read     atomic.Bool // a read succeeded
+	recorded atomic.Bool // this connection recorded an error
 }
 
 func (c *firstReadConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if !c.done.Swap(true) {
-		if err != nil && n == 0 {
-			c.err.set(fmt.Errorf("TLS: %w", err))
-		} else {
+	if !c.read.Load() {
+		if n > 0 {
+			c.read.Store(true)
 			c.err.set(nil)
+		} else if err != nil && !errors.Is(err, net.ErrClosed) {
+			c.recorded.Store(true)
+			c.err.set(fmt.Errorf("TLS: %w", err))
 		}
+	}
+	return n, err
+}
+
+func (c *firstReadConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil && !errors.Is(err, net.ErrClosed) && !c.read.Load() && !c.recorded.Swap(true) {
+		c.err.set(fmt.Errorf("TLS: %w", err))
 	}
 	return n, err
 }
