@@ -199,3 +199,30 @@ func TestTLSConfig(t *testing.T) {
 		}
 	}
 }
+
+// ParseURL never panics, and what it accepts has a canonical URL that
+// parses to the same endpoints, prefix and scheme.
+func FuzzParseURL(f *testing.F) {
+	for _, s := range []string{
+		"etcd://127.0.0.1:2379/sockmesh/services", "etcds://[::1]:2379,[fd00::2]/a/b/c", "etcd://root:s%40cret@h:1/p",
+		"etcd://h", "etcd://h:2379//", "etcd://a:1,,b:2/x", "etcd://::1:2379/x", "etcd://u%zz@h/x", "etcd://h/x?y", "etcd://[h]x:1/x",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		cfg, err := ParseURL(s)
+		if err != nil {
+			return
+		}
+		if len(cfg.Endpoints) == 0 || cfg.Prefix == "/" || !strings.HasPrefix(cfg.Prefix, "/") || !strings.HasSuffix(cfg.Prefix, "/") {
+			t.Fatalf("ParseURL(%q) = %+v", s, cfg)
+		}
+		again, err := ParseURL(cfg.URL())
+		if err != nil || !slices.Equal(again.Endpoints, cfg.Endpoints) || again.Prefix != cfg.Prefix || (again.TLS != nil) != (cfg.TLS != nil) {
+			t.Fatalf("ParseURL(%q) = %+v; its URL %q parses to %+v, %v", s, cfg, cfg.URL(), again, err)
+		}
+		if _, err := New(cfg, nil); err != nil {
+			t.Fatalf("New(ParseURL(%q)): %v", s, err)
+		}
+	})
+}
