@@ -55,10 +55,11 @@ test: deps check-generated ## Install what the tests need and run them all (root
 	$(MAKE) fuzz FUZZTIME=10s
 
 FUZZTIME ?= 60s
-fuzz: ## Fuzz the service-file parser, the DNS handler and its fast path, FUZZTIME each (default 60s).
+fuzz: ## Fuzz the service-file parser, the DNS handler and its fast path, the registry URL parser, FUZZTIME each (default 60s).
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./servicefile
 	go test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./dnsstub
 	go test -run '^$$' -fuzz '^FuzzFastPath$$' -fuzztime $(FUZZTIME) ./dnsstub
+	go test -run '^$$' -fuzz '^FuzzParseURL$$' -fuzztime $(FUZZTIME) ./etcdsource
 
 bench: deps sockmesh ## Run the benchmarks as root (about 8 min): the harness writes bench/results/<date>.md and .png; then the package benchmarks.
 	go run ./bench -sockmesh ./sockmesh -out bench/results
