@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"maps"
 	"math"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -207,24 +209,40 @@ func (p *Publisher) grant(ctx context.Context) (clientv3.LeaseID, <-chan *client
 }
 
 // sync writes what changed between published and want under p.lease, and
-// updates published as it goes. A document is deleted only while it is
-// still attached to the lease: another writer's replacement stays.
+// updates published as it goes. A document is written only where no other
+// writer's is (the key is absent or already under the lease): a key
+// another host publishes, or one written with sockmesh registry put, is
+// left alone and reported, and tried again until it is free. A document is
+// deleted only while it is still attached to the lease: another writer's
+// replacement stays.
 func (p *Publisher) sync(ctx context.Context, published map[string][]byte) error {
 	p.mu.Lock()
 	want := p.want
 	p.mu.Unlock()
+	var taken []string
 	for key, data := range want {
 		if old, ok := published[key]; ok && string(old) == string(data) {
 			continue
 		}
+		k := p.prefix + key
+		put := clientv3.OpPut(k, string(data), clientv3.WithLease(p.lease))
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
-		_, err := p.c.Put(octx, p.prefix+key, string(data), clientv3.WithLease(p.lease))
+		resp, err := p.c.Txn(octx).
+			If(clientv3.Compare(clientv3.LeaseValue(k), "=", p.lease)).
+			Then(put).
+			Else(clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)}, []clientv3.Op{put}, nil)).
+			Commit()
 		cancel()
 		if err != nil {
-			return fmt.Errorf("put %s: %w", p.prefix+key, err)
+			return fmt.Errorf("put %s: %w", k, err)
+		}
+		if !resp.Succeeded && !resp.Responses[0].GetResponseTxn().Succeeded {
+			taken = append(taken, k)
+			continue
 		}
 		published[key] = data
 	}
+
 	for key := range published {
 		if _, ok := want[key]; ok {
 			continue
@@ -241,5 +259,13 @@ func (p *Publisher) sync(ctx context.Context, published map[string][]byte) error
 		}
 		delete(published, key)
 	}
+	if len(taken) > 0 {
+		slices.Sort(taken)
+		return fmt.Errorf("%w: %s", ErrTaken, strings.Join(taken, ", "))
+	}
 	return nil
 }
+
+// ErrTaken is returned (wrapped, and retried) while keys the Publisher
+// should write hold another writer's documents.
+var ErrTaken = errors.New("keys held by another writer (another host's lease, or sockmesh registry put): not published until they are free")

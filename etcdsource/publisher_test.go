@@ -180,3 +180,24 @@ func first(m map[clientv3.LeaseID]bool) clientv3.LeaseID {
 	}
 	return clientv3.NoLease
 }
+
+// A key another writer holds (here a document put without a lease) is
+// not taken over: the Publisher waits until it is free, then writes.
+func TestPublisherLeavesOthersKeys(t *testing.T) {
+	_, c, cfg := startEtcd(t)
+	put(t, c, pubPrefix+"web", "theirs")
+	pc, err := cfg.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	p := NewPublisher(pc, pubPrefix, 2*time.Second, nil)
+	p.Set(bytesMap(map[string]string{"web": "ours", "db": "ours"}))
+	waitDocs(t, c, 2*time.Second, map[string]string{"web": "theirs", "db": "ours"})
+	time.Sleep(300 * time.Millisecond)
+	waitDocs(t, c, time.Second, map[string]string{"web": "theirs", "db": "ours"})
+	if _, err := c.Delete(ctx(t), pubPrefix+"web"); err != nil {
+		t.Fatal(err)
+	}
+	waitDocs(t, c, 5*time.Second, map[string]string{"web": "ours", "db": "ours"})
+}

@@ -260,6 +260,9 @@ func (r *Registry) Run(ctx context.Context) error {
 	r.seedSources()
 	r.startSources(ctx)
 	r.scanAll(true)
+	if r.dirErr != nil && len(r.opts.Sources) > 0 {
+		r.seedDir()
+	}
 	r.firstDocs(ctx)
 	r.apply()
 	// Last good versions are for what the first read finds broken (or is
@@ -561,10 +564,12 @@ func (r *Registry) lastGood(path string, errs []*servicefile.Error) *servicefile
 func (r *Registry) apply() {
 	defer r.readyOnce.Do(func() { close(r.ready) })
 	prev := r.snap.Load()
-	if r.dirErr != nil && (r.model == nil || len(r.pending) == 0) {
+	if r.dirErr != nil && len(r.opts.Sources) == 0 && (r.model == nil || len(r.pending) == 0) {
 		// Keep serving what is live; report why nothing is read. (With
 		// the directory unreadable nothing is scanned, so what is
-		// pending is health changes, applied below.)
+		// pending is health changes, applied below. With other sources
+		// the directory's files stay as they were and the sources'
+		// documents apply.)
 		s := *prev
 		s.Stats = lb.ApplyStats{} // nothing was written
 		s.Errors = append(slices.Clone(withoutFile(prev.Errors, r.opts.Dir)), r.dirErr)
@@ -785,10 +790,30 @@ func (r *Registry) seedSources() {
 				r.log.Warn("ignoring the last good version a previous run left", "file", path, "err", err)
 				continue
 			}
-			r.files[path] = &fileState{source: name, data: bytes.Clone(src), cur: svc}
+			// Served by the pinned datapath already: live as well, so a
+			// broken version listed later keeps this one.
+			r.files[path] = &fileState{source: name, data: bytes.Clone(src), cur: svc, live: svc}
 			r.pending[path] = true
 			delete(r.opts.LastGood, path)
 		}
+	}
+}
+
+// seedDir keeps the directory's services of the previous run while the
+// directory cannot be read at start and other sources are applied: without
+// it the first full apply would drop them (with no other source, nothing
+// is applied until the directory can be read).
+func (r *Registry) seedDir() {
+	for path, src := range r.opts.LastGood {
+		if filepath.Dir(path) != r.opts.Dir {
+			continue
+		}
+		svc, err := servicefile.Parse(path, src)
+		if err != nil {
+			continue
+		}
+		r.files[path] = &fileState{cur: svc, live: svc}
+		r.pending[path] = true
 	}
 }
 

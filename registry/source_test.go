@@ -130,3 +130,50 @@ func TestSourceLastGoodWhileStale(t *testing.T) {
 	src.send(DocUpdate{Full: true, Revision: 3, Docs: map[string][]byte{}, Health: &SourceHealth{}})
 	waitFor(t, r, 5*time.Second, "api dropped by the list", func(s *Snapshot) bool { return len(s.Services) == 0 })
 }
+
+// With other sources, a services directory that cannot be read does not
+// hold them back: their documents apply, and the directory's services of
+// the previous run stay.
+func TestSourceWithMissingDir(t *testing.T) {
+	dir := tempDir(t) + "/missing"
+	src := newFakeSource("etcd://127.0.0.1:2379/sm")
+	src.send(DocUpdate{Full: true, Revision: 2, Docs: map[string][]byte{"api": []byte(svcYAML("api", "127.0.0.1:2"))}, Health: &SourceHealth{}})
+	last := map[string][]byte{dir + "/web.yaml": []byte(svcYAML("web", "127.0.0.1:1"))}
+	r := startWith(t, Options{Dir: dir, Sources: []Source{src}, LastGood: last}, &fakeDP{})
+	s := r.Snapshot()
+	if got := names(s); !slices.Equal(got, []string{"api", "web"}) {
+		t.Fatalf("services %v, want api (etcd) and web (the last run's file)", got)
+	}
+	if len(s.Errors) != 1 || s.Errors[0].File != dir {
+		t.Errorf("errors %v, want the missing directory", s.Err())
+	}
+	src.send(DocUpdate{Revision: 3, Docs: map[string][]byte{"db": []byte(svcYAML("db", "127.0.0.1:3"))}})
+	waitFor(t, r, 5*time.Second, "db applied", func(s *Snapshot) bool { _, ok := s.Lookup("db"); return ok })
+}
+
+// A broken version of a document keeps its last good one: one served
+// before, or one a previous run served (seeded), whose first list brings
+// the broken version.
+func TestSourceBrokenDocumentKeepsLastGood(t *testing.T) {
+	src := newFakeSource("etcd://127.0.0.1:2379/sm")
+	broken := []byte("name: api\nports: [80]\nbackends: [127.0.0.1:99999]\n")
+	src.send(DocUpdate{Full: true, Revision: 4, Docs: map[string][]byte{"api": broken}, Health: &SourceHealth{}})
+	last := map[string][]byte{"etcd://127.0.0.1:2379/sm/api": []byte(svcYAML("api", "127.0.0.1:2"))}
+	r := startWith(t, Options{Dir: tempDir(t), Sources: []Source{src}, LastGood: last}, &fakeDP{})
+	s := r.Snapshot()
+	sv, ok := s.Lookup("api")
+	if !ok || !sv.Stale || len(s.Errors) != 1 {
+		t.Fatalf("api %+v (ok %v), errors %v: want the seeded version, stale, with the error", sv, ok, s.Err())
+	}
+	// Fixed, then broken again: the fixed version stays.
+	src.send(DocUpdate{Revision: 5, Docs: map[string][]byte{"api": []byte(svcYAML("api", "127.0.0.1:7"))}})
+	waitFor(t, r, 5*time.Second, "fixed", hasBackends("api", "127.0.0.1:7"))
+	src.send(DocUpdate{Revision: 6, Docs: map[string][]byte{"api": broken}})
+	s = waitFor(t, r, 5*time.Second, "broken again", func(s *Snapshot) bool { return len(s.Errors) == 1 })
+	if got := backendsOf(s, "api"); !slices.Equal(got, []string{"127.0.0.1:7"}) {
+		t.Errorf("api serves %v, want the last good 127.0.0.1:7", got)
+	}
+	// A deletion alone.
+	src.send(DocUpdate{Revision: 7, Docs: map[string][]byte{"api": nil}})
+	waitFor(t, r, 5*time.Second, "deleted", func(s *Snapshot) bool { return len(s.Services) == 0 && len(s.Errors) == 0 })
+}

@@ -444,6 +444,12 @@ func TestCLIErrors(t *testing.T) {
 		{append(safeRun(t), "--exclude-cgroup", "no-such-cgroup-here"), "parse --exclude-cgroup no-such-cgroup-here: stat cgroup"},
 		{append(safeRun(t), "--exclude-cgroup", "/tmp"), "parse --exclude-cgroup /tmp: cgroup /tmp: not under the cgroup v2 mount"},
 		{append(safeRun(t), "--exclude-uid", "1,2,3,4,5,6,7,8,9"), "parse --exclude-uid: 9 given, at most 8"},
+		{append(safeRun(t), "--publish", t.TempDir()), "parse --publish: needs --registry"},
+		{append(safeRun(t), "--registry", "etcd://127.0.0.1:1/x/", "--publish", "/nonexistent-dir"), "parse --publish: /nonexistent-dir is not a directory"},
+		{append(safeRun(t), "--registry", "http://127.0.0.1:2379/x/"), "parse --registry"},
+		{append(safeRun(t), "--registry", "etcd://127.0.0.1:1/x/", "--registry-user", "root"), "parse --registry-user: $SOCKMESH_REGISTRY_PASSWORD is empty"},
+		{append(safeRun(t), "--services", "off"), "parse --services: off needs --registry"},
+		{[]string{"registry", "list"}, "parse --registry: required"},
 	} {
 		_, errOut, code := sockmesh(t, tc.args...)
 		lines := strings.Split(strings.TrimSpace(errOut), "\n")

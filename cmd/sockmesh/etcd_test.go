@@ -23,7 +23,7 @@ func servedBackends(t *testing.T, pinDir string, vip string, port uint16) []stri
 	t.Helper()
 	p, err := lb.ReadPinned(pinDir)
 	if err != nil {
-		return nil
+		t.Fatalf("read the pinned maps: %v", err)
 	}
 	key := lb.ServiceKey{VIP: netip.MustParseAddr(vip), Port: port, Proto: lb.TCP}
 	for _, s := range p.Services {
@@ -145,7 +145,7 @@ func TestSharedRegistry(t *testing.T) {
 	// A daemon restarted while etcd is down serves the fleet's services
 	// it served before (from its state file).
 	d.stop(t, syscall.SIGTERM)
-	d = startDaemon(t, filepath.Join(t.TempDir(), "ready"), d.cmd.Args[4:]...) // binary run --ready-file F args...
+	startDaemon(t, filepath.Join(t.TempDir(), "ready"), d.cmd.Args[4:]...) // binary run --ready-file F args...
 	waitServed(t, pinDir, "198.18.10.1", 2*time.Second, "127.0.0.1:9701")
 	if st := readStatusJSON(t, paths).Registry; st == nil || len(st.Sources) != 1 || !st.Sources[0].Stale || st.Sources[0].Docs != 1 {
 		t.Errorf("restarted with etcd down: registry status %+v, want one stale source with one service", st)
@@ -164,5 +164,33 @@ func TestSharedRegistry(t *testing.T) {
 	t.Logf("after etcd's restart, a change was live in %v", time.Since(start))
 	if body, code := curl(t, cg, "http://198.18.10.1/"); body != "backend 127.0.0.1:9703" {
 		t.Errorf("curl after etcd came back: %q (exit %d)", body, code)
+	}
+}
+
+// registry put refuses a file that would take a derived VIP from a
+// service already in the registry (it would move on every host).
+func TestRegistryPutRefusesDisplacing(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	etcd := etcdtest.Start(t)
+	reg := []string{"--registry", "etcd://" + etcd.Endpoint + "/sockmesh/services/"}
+	dir := t.TempDir()
+	alpha := filepath.Join(dir, "alpha.yaml")
+	if err := os.WriteFile(alpha, []byte("name: alpha\nports: [80]\nbackends: [127.0.0.1:1]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := sockmesh(t, append([]string{"registry", "put", alpha}, reg...)...); code != 0 {
+		t.Fatalf("put alpha: %s", errOut)
+	}
+	vips := checkVIPs(t, dir)
+	zed := filepath.Join(t.TempDir(), "zed.yaml")
+	if err := os.WriteFile(zed, []byte(fmt.Sprintf("name: zed\nvip: [%s]\nports: [80]\nbackends: [127.0.0.1:2]\n", vips["alpha"][0])), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := sockmesh(t, append([]string{"registry", "put", zed}, reg...)...)
+	if code == 0 || !strings.Contains(errOut, zed+": vip: service \"alpha\" would lose its VIP") {
+		t.Errorf("put of a file taking alpha's VIP: exit %d: %q", code, errOut)
+	}
+	if out, _, _ := sockmesh(t, append([]string{"registry", "list"}, reg...)...); strings.Contains(out, "zed") {
+		t.Errorf("zed was written:\n%s", out)
 	}
 }

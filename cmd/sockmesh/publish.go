@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"sockmesh/etcdsource"
 	"sockmesh/servicefile"
@@ -26,9 +27,20 @@ const publishRescan = 10 * time.Second
 // Stopping does not revoke the lease: a daemon restarted within ttl (an
 // upgrade) takes its services over and no host ever loses them.
 func publishDir(ctx context.Context, dir string, cfg etcdsource.Config, ttl time.Duration, log *slog.Logger) error {
-	c, err := cfg.Client()
-	if err != nil {
-		return fmt.Errorf("publish %s: %w", dir, err)
+	// A client with a user authenticates as it is made: while etcd is
+	// down that fails, and is tried again; traffic does not depend on it.
+	var c *clientv3.Client
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		var err error
+		if c, err = cfg.Client(); err == nil {
+			break
+		}
+		log.Warn("publish: cannot reach the registry yet; retrying", "registry", cfg.URL(), "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
 	}
 	defer c.Close() // ends the publisher's keep-alive; the lease expires
 	p := etcdsource.NewPublisher(c, cfg.Prefix, ttl, log)

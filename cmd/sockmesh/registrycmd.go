@@ -56,6 +56,9 @@ func (f *registryFlags) config() (cfg etcdsource.Config, ok bool, err error) {
 	}
 	if f.user != "" {
 		cfg.Username, cfg.Password = f.user, os.Getenv(passwordEnv)
+		if cfg.Password == "" {
+			return cfg, false, fmt.Errorf("parse --registry-user: $%s is empty: etcd needs the user's password", passwordEnv)
+		}
 	}
 	return cfg, true, nil
 }
@@ -105,7 +108,7 @@ holds one service, named after it.`,
 			if err != nil {
 				return err
 			}
-			docs, _, err := etcdsource.List(ctx, c, cfg.Prefix)
+			docs, rev, err := etcdsource.List(ctx, c, cfg.Prefix)
 			if err != nil {
 				return fmt.Errorf("list %s: %w", cfg.URL(), err)
 			}
@@ -113,21 +116,20 @@ holds one service, named after it.`,
 			if err != nil {
 				return err
 			}
-			var expect int64
-			for _, d := range docs {
-				if d.Key == svc.Name {
-					expect = d.ModRevision
-				}
-			}
-			if err := checkAgainst(args[0], data, svc.Name, docs, rg); err != nil {
+			if err := checkAgainst(cfg.URL(), args[0], data, svc.Name, docs, rg); err != nil {
 				return err
 			}
-			ok, err := etcdsource.Put(ctx, c, cfg.Prefix, svc.Name, data, expect)
+			// Written only if nothing under the prefix changed since the
+			// list the check saw: two clashing puts cannot both pass.
+			resp, err := c.Txn(ctx).
+				If(clientv3.Compare(clientv3.ModRevision(cfg.Prefix).WithPrefix(), "<", rev+1)).
+				Then(clientv3.OpPut(cfg.Prefix+svc.Name, string(data))).
+				Commit()
 			if err != nil {
 				return fmt.Errorf("put %s: %w", svc.Name, err)
 			}
-			if !ok {
-				return fmt.Errorf("put %s: someone changed it meanwhile: run put again", svc.Name)
+			if !resp.Succeeded {
+				return fmt.Errorf("put %s: the registry changed while it was checked: run put again", svc.Name)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "put %s\n", registry.DocPath(cfg.URL(), svc.Name))
 			return nil
@@ -208,41 +210,61 @@ holds one service, named after it.`,
 
 // checkAgainst validates the service file file (text data, service name)
 // as sockmesh check would with every document of the registry beside it,
-// the document of the same name replaced: the errors it reports about the
-// new file, with the file's own name.
-func checkAgainst(file string, data []byte, name string, docs []etcdsource.Doc, rg registry.Ranges) error {
+// the document of the same name replaced. It refuses the file's own
+// errors, what the whole set no longer fits (capacity), and a derived
+// VIP of a service already there that the new file would take away (that
+// service would move to another address on every host).
+func checkAgainst(source, file string, data []byte, name string, docs []etcdsource.Doc, rg registry.Ranges) error {
 	dir, err := os.MkdirTemp("", "sockmesh-registry-check-")
 	if err != nil {
 		return fmt.Errorf("check against the registry: %w", err)
 	}
 	defer os.RemoveAll(dir)
+	paths := map[string]string{} // temp file -> what to call it
 	for i, d := range docs {
 		if d.Key == name {
 			continue
 		}
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("doc%06d.yaml", i)), d.Value, 0o644); err != nil {
+		p := filepath.Join(dir, fmt.Sprintf("doc%06d.yaml", i))
+		if err := os.WriteFile(p, d.Value, 0o644); err != nil {
 			return fmt.Errorf("check against the registry: %w", err)
 		}
+		paths[p] = registry.DocPath(source, d.Key)
+	}
+	before, err := registry.Check(registry.Options{Dir: dir, Ranges: rg})
+	if err != nil {
+		return fmt.Errorf("check against the registry: %w", err)
 	}
 	// Sorts after every other file: a clash is blamed on the new one.
 	mine := filepath.Join(dir, "~new.yaml")
 	if err := os.WriteFile(mine, data, 0o644); err != nil {
 		return fmt.Errorf("check against the registry: %w", err)
 	}
-	snap, err := registry.Check(registry.Options{Dir: dir, Ranges: rg})
+	paths[mine] = file
+	after, err := registry.Check(registry.Options{Dir: dir, Ranges: rg})
 	if err != nil {
 		return fmt.Errorf("check against the registry: %w", err)
 	}
-	var errs []string
-	for _, e := range snap.Errors {
-		if e.File != mine {
-			continue // a problem of the registry's, not of this file
+	rename := func(msg string) string {
+		for p, to := range paths {
+			msg = strings.ReplaceAll(msg, p, to)
 		}
-		e2 := *e
-		e2.File = file
-		msg := e2.Error()
-		msg = strings.ReplaceAll(msg, dir+"/", "registry: ")
-		errs = append(errs, msg)
+		return strings.ReplaceAll(msg, dir, source)
+	}
+	var errs []string
+	for _, e := range after.Errors {
+		if e.File == mine || e.File == dir {
+			errs = append(errs, rename(e.Error()))
+		}
+	}
+	known := map[string]bool{}
+	for _, c := range before.Collisions {
+		known[c.Name] = true
+	}
+	for _, c := range after.Collisions {
+		if c.Name != name && !known[c.Name] {
+			errs = append(errs, fmt.Sprintf("%s: vip: service %q would lose its VIP %s to this file and move on every host (%s): set another vip, or a name that sorts after it", file, c.Name, c.Wanted, c))
+		}
 	}
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "\n"))

@@ -217,8 +217,13 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 		st.CgroupCreated = cgCreated || prev.CgroupCreated && prev.Cgroup == cg
 		st.BPFFSMounted = cmp.Or(bpffsMounted, prev.BPFFSMounted)
 		st.LocalAddrs, st.Routes = prev.LocalAddrs, prev.Routes
-		if prev.ServicesDir == f.services {
-			lastGood = prev.lastGood()
+		// Documents of the shared registry are kept whatever the
+		// directory; the directory's files only for the same directory.
+		lastGood = map[string][]byte{}
+		for path, src := range prev.lastGood() {
+			if prev.ServicesDir == f.services || strings.Contains(path, "://") {
+				lastGood[path] = src
+			}
 		}
 	}
 	// record writes what this run changed on the host at once, so down
@@ -473,6 +478,9 @@ func (f *runFlags) check(log *slog.Logger) (*runConfig, error) {
 		}
 		if f.publish, err = filepath.Abs(f.publish); err != nil {
 			return nil, fmt.Errorf("parse --publish: %w", err)
+		}
+		if fi, err := os.Stat(f.publish); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("parse --publish: %s is not a directory", f.publish)
 		}
 	}
 	switch {
