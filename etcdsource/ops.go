@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -22,9 +23,19 @@ type Doc struct {
 // were read at. The key equal to the prefix itself is no document and is
 // left out. Errors are the client's, for the caller to say what it did.
 func List(ctx context.Context, c *clientv3.Client, prefix string) ([]Doc, int64, error) {
-	resp, err := c.Get(ctx, prefix, clientv3.WithPrefix())
+	docs, h, err := list(ctx, c, prefix)
 	if err != nil {
 		return nil, 0, err
+	}
+	return docs, h.Revision, nil
+}
+
+// list is List with the whole response header: which cluster, revision
+// and raft term the documents were read at.
+func list(ctx context.Context, c *clientv3.Client, prefix string) ([]Doc, *etcdserverpb.ResponseHeader, error) {
+	resp, err := c.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, nil, err
 	}
 	docs := make([]Doc, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
@@ -34,7 +45,7 @@ func List(ctx context.Context, c *clientv3.Client, prefix string) ([]Doc, int64,
 		}
 		docs = append(docs, Doc{Key: key, Value: value(kv.Value), ModRevision: kv.ModRevision})
 	}
-	return docs, resp.Header.Revision, nil
+	return docs, resp.Header, nil
 }
 
 // Get returns the document key below prefix; ok is false when there is

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,7 +60,8 @@ func (f *follower) next(d time.Duration) registry.DocUpdate {
 			f.t.Errorf("update from %q, want %q", u.Source, f.src.Name())
 		}
 		if u.Revision != 0 {
-			if u.Revision < f.rev {
+			// A full list may start another history (a wiped etcd).
+			if u.Revision < f.rev && !u.Full {
 				f.t.Errorf("revision went back from %d to %d", f.rev, u.Revision)
 			}
 			f.rev = u.Revision
@@ -79,17 +83,24 @@ func (f *follower) next(d time.Duration) registry.DocUpdate {
 	}
 }
 
-// nextFull waits (within d) for a full list, applying whatever comes
-// before it.
-func (f *follower) nextFull(d time.Duration) registry.DocUpdate {
+// untilFresh applies updates until one says the source is not stale
+// (within d), and returns it and whether any of them was a full list.
+func (f *follower) untilFresh(d time.Duration) (u registry.DocUpdate, listed bool) {
 	f.t.Helper()
 	deadline := time.Now().Add(d)
 	for {
 		u := f.next(time.Until(deadline))
-		if u.Full {
-			return u
+		listed = listed || u.Full
+		if healthy(u) {
+			return u, listed
 		}
 	}
+}
+
+// counted returns src, counting its full lists.
+func counted(src *Source, lists *atomic.Int32) *Source {
+	src.afterList = func(int64) { lists.Add(1) }
+	return src
 }
 
 // waitFor applies updates until the documents are want (within d).
@@ -259,14 +270,16 @@ func TestSourceCompaction(t *testing.T) {
 	}
 }
 
-// etcd killed: the source says stale within about 2 s and nothing more;
-// etcd back: a full list, not stale, including what changed the moment
-// it came back; then changes again.
+// etcd killed: the source says stale at once and nothing more; etcd
+// back: the watch resumes from the last revision seen, without a list,
+// and the source is not stale once it delivered what changed the moment
+// etcd came back; then changes again.
 func TestSourceEtcdDown(t *testing.T) {
 	e, c, cfg := startEtcd(t)
 	put(t, c, testPrefix+"a", "A")
 	put(t, c, testPrefix+"b", "B")
-	f := run(t, newSource(t, cfg))
+	var lists atomic.Int32
+	f := run(t, counted(newSource(t, cfg), &lists))
 	if u := f.next(5 * time.Second); !u.Full || !healthy(u) {
 		t.Fatalf("first update %+v, want a full list", u)
 	}
@@ -300,25 +313,141 @@ func TestSourceEtcdDown(t *testing.T) {
 		// Written before the source got back: it must show all the same.
 		put(t, c, testPrefix+"b", fmt.Sprintf("B%d", round))
 		del(t, c, testPrefix+"a")
-		u = f.nextFull(5 * time.Second)
-		t.Logf("round %d: full list %v after etcd answered again", round, time.Since(restarted))
-		if !healthy(u) || u.Health.Since.Before(restarted) {
-			t.Errorf("round %d: full list after the restart: health %+v, want not stale since the restart", round, u.Health)
+		u, listed := f.untilFresh(5 * time.Second)
+		t.Logf("round %d: current again %v after etcd answered", round, time.Since(restarted))
+		if u.Health.Since.Before(restarted) || listed {
+			t.Errorf("round %d: after the restart: health %+v, listed %v; want not stale since the restart, without a list", round, u.Health, listed)
 		}
 		want := map[string]string{"b": fmt.Sprintf("B%d", round), "c": "C"}
-		f.waitFor(2*time.Second, want)
+		// The changes made while the source got back are there as soon as
+		// it says it is current: within the 100 ms etcd may take to send
+		// a replay its progress report overtook (etcd before 3.4.24).
+		f.waitFor(500*time.Millisecond, want)
 		put(t, c, testPrefix+"a", "A")
 		want["a"] = "A"
 		f.waitFor(2*time.Second, want)
 	}
+	if n := lists.Load(); n != 1 {
+		t.Errorf("listed %d times, want once: after an outage the watch resumes", n)
+	}
+}
+
+// Changes compacted away while the source was cut off: the resumed watch
+// falls behind the compaction and the source lists again (deletions
+// included), without having said it was current before.
+func TestSourceResumeCompacted(t *testing.T) {
+	e, c, cfg := startEtcd(t)
+	put(t, c, testPrefix+"a", "A")
+	put(t, c, testPrefix+"b", "B")
+	var lists atomic.Int32
+	src := counted(newSource(t, cfg), &lists)
+	src.beforeResume = func(int64) {
+		put(t, c, testPrefix+"a", "A2")
+		last := del(t, c, testPrefix+"b")
+		if _, err := c.Compact(ctx(t), last); err != nil {
+			t.Errorf("compact: %v", err)
+		}
+	}
+	f := run(t, src)
+	if u := f.next(5 * time.Second); !u.Full || !healthy(u) {
+		t.Fatalf("first update %+v, want a full list", u)
+	}
+	e.Restart(t)
+	u, listed := f.untilFresh(5 * time.Second)
+	if !listed || !u.Full {
+		t.Errorf("after the compaction: %+v, want a full list to make the source current", u)
+	}
+	if want := map[string]string{"a": "A2"}; !maps.Equal(f.docs, want) {
+		t.Errorf("after the compaction: %v, want %v", f.docs, want)
+	}
+	if n := lists.Load(); n != 2 {
+		t.Errorf("listed %d times, want 2", n)
+	}
+}
+
+// etcd wiped and started afresh on the same address: its history is not
+// the one followed, and a resumed watch would keep documents the new etcd
+// never had. The source lists instead. Twice: with a revision lower than
+// the one followed, and with one higher (the raft term gives it away).
+func TestSourceEtcdWiped(t *testing.T) {
+	e, c, cfg := startEtcd(t)
+	for i := range 10 {
+		put(t, c, testPrefix+"old", fmt.Sprint(i))
+	}
+	// A few elections: a fresh etcd's raft term is lower.
+	e.Restart(t)
+	e.Restart(t)
+	var lists atomic.Int32
+	var said logBuffer
+	src, err := New(cfg, slog.New(slog.NewTextHandler(&said, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := run(t, counted(src, &lists))
+	if u := f.next(5 * time.Second); !u.Full || !maps.Equal(f.docs, map[string]string{"old": "9"}) {
+		t.Fatalf("first update %+v, want the full list", u)
+	}
+	// A lower revision.
+	e.Wipe(t)
+	put(t, c, testPrefix+"new", "N")
+	u, listed := f.untilFresh(5 * time.Second)
+	if !listed || !u.Full || !maps.Equal(f.docs, map[string]string{"new": "N"}) {
+		t.Errorf("after a wipe: %v (last update %+v), want a full list of the new etcd", f.docs, u)
+	}
+	if !strings.Contains(said.String(), "has not reached revision") {
+		t.Errorf("after a wipe the source said:\n%s\nwant that etcd has not reached the revision followed", said.String())
+	}
+	// A higher revision than the last one followed.
+	for i := range 20 {
+		put(t, c, testPrefix+"new", fmt.Sprint(i))
+	}
+	f.waitFor(2*time.Second, map[string]string{"new": "19"})
+	e.Restart(t)
+	e.Restart(t)
+	e.Restart(t)
+	put(t, c, testPrefix+"new", "N")
+	f.waitFor(5*time.Second, map[string]string{"new": "N"})
+	before := lists.Load()
+	e.Wipe(t)
+	for i := range 40 {
+		put(t, c, testPrefix+"newer", fmt.Sprint(i))
+	}
+	if u, listed := f.untilFresh(5 * time.Second); !listed || !u.Full || !maps.Equal(f.docs, map[string]string{"newer": "39"}) {
+		t.Errorf("after a wipe to a higher revision: %v (last update %+v), want a full list of the new etcd", f.docs, u)
+	}
+	if n := lists.Load() - before; n != 1 {
+		t.Errorf("listed %d times after the second wipe, want once", n)
+	}
+	if !strings.Contains(said.String(), "etcd's history is not the one followed") {
+		t.Errorf("after the second wipe the source said:\n%s\nwant that the history is another (a lower raft term)", said.String())
+	}
+}
+
+// logBuffer collects a logger's lines for a test to read.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // etcd hangs (SIGSTOP: connections stay up, nothing answers): the probe
-// sees it within about 2 s; etcd back, a full list.
+// sees it within about 2 s; etcd back, the watch resumes without a list.
 func TestSourceEtcdHangs(t *testing.T) {
 	e, c, cfg := startEtcd(t)
 	put(t, c, testPrefix+"a", "A")
-	f := run(t, newSource(t, cfg))
+	var lists atomic.Int32
+	f := run(t, counted(newSource(t, cfg), &lists))
 	if u := f.next(5 * time.Second); !u.Full || !healthy(u) {
 		t.Fatalf("first update %+v, want a full list", u)
 	}
@@ -337,10 +466,13 @@ func TestSourceEtcdHangs(t *testing.T) {
 	}
 	e.Resume(t)
 	resumed := time.Now()
-	u = f.next(3 * time.Second)
-	t.Logf("full list %v after etcd resumed", time.Since(resumed))
-	if !u.Full || !healthy(u) || !maps.Equal(f.docs, map[string]string{"a": "A"}) {
-		t.Errorf("after etcd resumed: %+v, want a full list, not stale", u)
+	u, listed := f.untilFresh(3 * time.Second)
+	t.Logf("current %v after etcd resumed", time.Since(resumed))
+	if listed || !maps.Equal(f.docs, map[string]string{"a": "A"}) {
+		t.Errorf("after etcd resumed: %+v, listed %v, want the watch resumed", u, listed)
+	}
+	if n := lists.Load(); n != 1 {
+		t.Errorf("listed %d times, want once", n)
 	}
 	put(t, c, testPrefix+"b", "B")
 	f.waitFor(2*time.Second, map[string]string{"a": "A", "b": "B"})

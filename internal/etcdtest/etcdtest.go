@@ -185,6 +185,20 @@ func (s *Server) Restart(tb testing.TB) {
 	}
 }
 
+// Wipe kills etcd, removes its data directory and starts a new cluster
+// on the same ports: a history that starts over, as after an operator
+// lost the data.
+func (s *Server) Wipe(tb testing.TB) {
+	tb.Helper()
+	s.kill()
+	if err := os.RemoveAll(s.DataDir); err != nil {
+		tb.Fatalf("wipe etcd: %v", err)
+	}
+	if err := s.start(); err != nil {
+		tb.Fatalf("start a wiped etcd: %v\netcd output:\n%s", err, s.out.String())
+	}
+}
+
 // Client returns a client of the server, closed when the test ends.
 func (s *Server) Client(tb testing.TB) *clientv3.Client {
 	tb.Helper()
