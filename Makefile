@@ -63,7 +63,7 @@ fuzz: ## Fuzz the service-file parser, the DNS handler and its fast path, the re
 
 bench: deps sockmesh ## Run the benchmarks as root (about 8 min): the harness writes bench/results/<date>.md and .png; then the package benchmarks.
 	go run ./bench -sockmesh ./sockmesh -out bench/results
-	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry ./cmd/sockmesh
+	go test -run '^$$' -bench . -benchtime=1x ./lb ./registry ./etcdsource ./cmd/sockmesh
 
 sockmesh: $(shell git ls-files '*.go' go.mod go.sum 'lb/*.o' 2>/dev/null)
 	go build -ldflags "-X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o sockmesh ./cmd/sockmesh

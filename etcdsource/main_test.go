@@ -17,7 +17,7 @@ const testPrefix = "/sockmesh/services/"
 
 // startEtcd starts etcd for one test and returns it with a client and the
 // configuration of a Source over testPrefix.
-func startEtcd(t *testing.T) (*etcdtest.Server, *clientv3.Client, Config) {
+func startEtcd(t testing.TB) (*etcdtest.Server, *clientv3.Client, Config) {
 	t.Helper()
 	testenv.RequirePrivileged(t)
 	e := etcdtest.Start(t)
@@ -29,14 +29,14 @@ func startEtcd(t *testing.T) (*etcdtest.Server, *clientv3.Client, Config) {
 }
 
 // ctx is a context for one operation of a test.
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	t.Helper()
 	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	t.Cleanup(cancel)
 	return c
 }
 
-func put(t *testing.T, c *clientv3.Client, key, val string) int64 {
+func put(t testing.TB, c *clientv3.Client, key, val string) int64 {
 	t.Helper()
 	resp, err := c.Put(ctx(t), key, val)
 	if err != nil {
@@ -45,7 +45,7 @@ func put(t *testing.T, c *clientv3.Client, key, val string) int64 {
 	return resp.Header.Revision
 }
 
-func del(t *testing.T, c *clientv3.Client, key string) int64 {
+func del(t testing.TB, c *clientv3.Client, key string) int64 {
 	t.Helper()
 	resp, err := c.Delete(ctx(t), key)
 	if err != nil {

@@ -108,17 +108,16 @@ var errListAgain = errors.New("listing again")
 //     etcd every second with a linearizable read (a count of the
 //     prefix's keys, within 1 s), for an etcd that hangs or lost its
 //     quorum. The first probe that fails makes the source stale: a
-//     false alarm costs one list, while waiting for a second failure
-//     would let the registry believe a dead etcd for 3 s.
+//     false alarm costs one resumption, while waiting for a second
+//     failure would let the registry believe a dead etcd for 3 s.
 //   - Stale, it sends the health "stale" once, with the error, and tries
 //     again until it succeeds: attempts start 100 ms apart, doubling up
 //     to 2 s while they fail fast, and one that waited for its timeout is
 //     followed at once, so an attempt always waits for the connection,
-//     which gRPC re-dials every second at most. An attempt reads etcd's
-//     current revision (a linearizable count of the prefix), resumes the
-//     watch and asks it for progress; the source is "not stale" again
-//     once the watch has delivered, or etcd's progress report says it
-//     has, every change up to that revision (within 2 s, or it lists).
+//     which gRPC re-dials every second at most. An attempt reads where
+//     etcd stands (see current) and resumes the watch; the source is "not
+//     stale" again once the registry holds what etcd held then (at once
+//     if nothing changed; within 2 s, or it lists).
 //   - An etcd unreachable at the start is the same: "stale" as soon as a
 //     connection fails, or when the first list times out (2 s), and the
 //     retries follow.
@@ -146,6 +145,11 @@ func (s *Source) Run(ctx context.Context, out chan<- registry.DocUpdate) error {
 		if errors.Is(err, errListAgain) {
 			s.log.Info("etcd registry: cannot go on from the last revision", "err", err)
 			st.through = 0
+			// A pause, so that compactions in a row cannot make it list
+			// without end.
+			if err := sleep(ctx, s.retryMin); err != nil {
+				return err
+			}
 			continue
 		}
 		if err := st.setStale(ctx, err); err != nil {
@@ -169,7 +173,7 @@ func (s *Source) Run(ctx context.Context, out chan<- registry.DocUpdate) error {
 // go on from, else by resuming the watch, and keeps it so until the
 // watch or a probe fails.
 func (st *runState) sync(ctx context.Context, c *clientv3.Client) error {
-	var upTo int64 // the revision to catch up with; 0: up to date
+	var upTo *catchUp // what to catch up with; nil: up to date
 	if st.through == 0 {
 		if err := st.list(ctx, c); err != nil {
 			return err
@@ -181,11 +185,18 @@ func (st *runState) sync(ctx context.Context, c *clientv3.Client) error {
 		if st.beforeResume != nil {
 			st.beforeResume(st.through)
 		}
-		h, err := st.current(ctx, c)
+		target, err := st.current(ctx, c)
 		if err != nil {
 			return err
 		}
-		upTo = h.Revision
+		if st.reached(target) {
+			// Nothing to wait for: the documents are etcd's already.
+			if err := st.setFresh(ctx); err != nil {
+				return err
+			}
+		} else {
+			upTo = &target
+		}
 	}
 	return st.follow(ctx, c, upTo)
 }
@@ -217,9 +228,32 @@ type runState struct {
 
 	// Where the registry stands in etcd's history: it has every change
 	// through revision through (0: nothing yet), read from cluster at
-	// raft term term or later.
+	// raft term term or later; keys are its documents' keys with the
+	// revision of their last change.
 	through       int64
 	cluster, term uint64
+	keys          map[string]int64
+}
+
+// catchUp is where etcd stood when the source came back: what a resumed
+// watch must deliver before the registry is current.
+type catchUp struct {
+	rev int64 // etcd's revision then
+	// lastPut is the last change of a document alive then, if it came
+	// after the registry's revision (else 0); count is how many documents
+	// were alive then.
+	lastPut, count int64
+}
+
+// reached says whether the registry holds the documents etcd held at
+// target, as long as no event after target.rev was applied. Every
+// document alive then was last written at lastPut or before, so past
+// lastPut the registry has each of them, with its value; what the watch
+// has still to deliver up to target.rev can only be deletions, and
+// writes of documents deleted again by then. So the registry has them
+// all and no more exactly when it has as many.
+func (st *runState) reached(target catchUp) bool {
+	return st.through >= target.lastPut && int64(len(st.keys)) == target.count
 }
 
 // list lists the prefix and sends it as a full update, not stale; the
@@ -267,46 +301,85 @@ func (st *runState) list(ctx context.Context, c *clientv3.Client) error {
 		return err
 	}
 	st.through, st.cluster, st.term = r.h.Revision, r.h.ClusterId, r.h.RaftTerm
+	st.keys = make(map[string]int64, len(r.docs))
+	for _, d := range r.docs {
+		st.keys[d.Key] = d.ModRevision
+	}
 	return nil
 }
 
-// current reads etcd's header to resume from, and checks that the watch
-// can go on: a linearizable count of the prefix at the revision the
-// registry stands at fails if etcd compacted it (the watch would need
-// what follows) or never reached it. It also checks that etcd's history
-// is the one the registry's documents come from: the same cluster, and no
-// lower raft term than seen. A watch resumed on another history would lay
-// its changes over documents that history never had.
+// current reads where etcd stands, to resume from, in one transaction
+// (so at one revision): how many documents there are, and the document
+// written last if that was after the registry's revision. In the same
+// transaction it checks that the watch can go on from the registry's
+// revision: reading it fails if etcd compacted it (the watch would need
+// what follows) or never reached it. And it checks that etcd's history
+// is the one the registry's documents come from, or a watch resumed on
+// another would lay its changes over documents that history never had:
+// the same cluster, no lower raft term, and at the registry's revision
+// as many documents as the registry has, the last one it saw written
+// at the same revision. An etcd wiped and started afresh keeps
+// its cluster id (it derives from the member's name and addresses).
 //
-// Compaction is checked here rather than left to the watch because etcd
-// before 3.4.24 and 3.5.8 may send a progress report asked for ahead of
-// the watch's own answers, the compaction included.
-func (st *runState) current(ctx context.Context, c *clientv3.Client) (*etcdserverpb.ResponseHeader, error) {
+// No progress report is asked of the watch: etcd before 3.4.24 and 3.5.8
+// answers at once, ahead of a replay it has not sent yet, and the client
+// then resumes after that revision if the stream breaks; from 3.4.24 to
+// 3.4.30 and 3.5.8 to 3.5.12 it may not answer at all.
+func (st *runState) current(ctx context.Context, c *clientv3.Client) (catchUp, error) {
 	cctx, cancel := context.WithTimeout(ctx, st.listTimeout)
 	defer cancel()
-	resp, err := c.Get(cctx, st.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(st.through))
+	// The documents' range: the prefix's own key is none.
+	from, end := st.cfg.Prefix+"\x00", clientv3.WithRange(clientv3.GetPrefixRangeEnd(st.cfg.Prefix))
+	ops := []clientv3.Op{
+		clientv3.OpGet(from, end, clientv3.WithCountOnly(), clientv3.WithRev(st.through)),
+		clientv3.OpGet(from, end, clientv3.WithCountOnly()),
+		// Not WithCountOnly: etcd counts before it filters by revision.
+		clientv3.OpGet(from, end, clientv3.WithKeysOnly(), clientv3.WithMinModRev(st.through+1),
+			clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortDescend), clientv3.WithLimit(1)),
+	}
+	var last string
+	for k, rev := range st.keys {
+		if last == "" || rev > st.keys[last] {
+			last = k
+		}
+	}
+	if last != "" {
+		ops = append(ops, clientv3.OpGet(st.cfg.Prefix+last, clientv3.WithKeysOnly(), clientv3.WithRev(st.through)))
+	}
+	resp, err := c.Txn(cctx).Then(ops...).Commit()
 	switch {
 	case errors.Is(err, rpctypes.ErrCompacted):
-		return nil, fmt.Errorf("%w: etcd compacted revision %d, the last one followed", errListAgain, st.through)
+		return catchUp{}, fmt.Errorf("%w: etcd compacted revision %d, the last one followed", errListAgain, st.through)
 	case errors.Is(err, rpctypes.ErrFutureRev):
-		return nil, fmt.Errorf("%w: etcd has not reached revision %d, the last one followed: its history is another", errListAgain, st.through)
+		return catchUp{}, fmt.Errorf("%w: etcd has not reached revision %d, the last one followed: its history is another", errListAgain, st.through)
 	case err != nil:
-		return nil, fmt.Errorf("read the revision: %w", st.explain(err, st.listTimeout))
+		return catchUp{}, fmt.Errorf("read the revision: %w", st.explain(err, st.listTimeout))
 	}
 	h := resp.Header
-	if h.ClusterId != st.cluster || h.Revision < st.through || h.RaftTerm < st.term {
-		return nil, fmt.Errorf("%w: etcd's history is not the one followed (cluster %x, revision %d, raft term %d; followed %x through revision %d at term %d)",
-			errListAgain, h.ClusterId, h.Revision, h.RaftTerm, st.cluster, st.through, st.term)
+	then := resp.Responses[0].GetResponseRange()
+	same := h.ClusterId == st.cluster && h.Revision >= st.through && h.RaftTerm >= st.term && then.Count == int64(len(st.keys))
+	if last != "" {
+		kvs := resp.Responses[3].GetResponseRange().Kvs
+		same = same && len(kvs) == 1 && kvs[0].ModRevision == st.keys[last]
+	}
+	if !same {
+		return catchUp{}, fmt.Errorf("%w: etcd's history is not the one followed (cluster %x, raft term %d, %d documents at revision %d; followed %x at term %d, %d documents)",
+			errListAgain, h.ClusterId, h.RaftTerm, then.Count, st.through, st.cluster, st.term, len(st.keys))
 	}
 	st.term = h.RaftTerm
-	return h, nil
+	target := catchUp{rev: h.Revision, count: resp.Responses[1].GetResponseRange().Count}
+	if kvs := resp.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 {
+		target.lastPut = kvs[0].ModRevision
+	}
+	return target, nil
 }
 
 // follow watches the prefix from the revision after the registry's and
 // sends the changes until the watch fails, a probe fails, or ctx ends.
 // With upTo set, the source is stale until the watch has caught up with
-// revision upTo.
-func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo int64) error {
+// it: until the registry reached it, or got an event of upTo.rev or
+// later.
+func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo *catchUp) error {
 	// A member cut off from the others has no leader: with
 	// WithRequireLeader its watches end instead of waiting silently.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -321,7 +394,7 @@ func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo int64) 
 	probe := time.NewTicker(st.probeEvery)
 	defer probe.Stop()
 	var caughtUp <-chan time.Time // fires if the watch never catches up
-	if upTo > 0 {
+	if upTo != nil {
 		t := time.NewTimer(st.listTimeout)
 		defer t.Stop()
 		caughtUp = t.C
@@ -335,14 +408,6 @@ func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo int64) 
 			return st.cannotConnect()
 		case watch = <-created:
 			created = nil
-			if upTo > 0 {
-				// A watch that has nothing to replay says nothing:
-				// etcd's progress report is what tells it caught up.
-				// Asked on wctx, the watch's own stream.
-				if err := c.RequestProgress(wctx); err != nil {
-					return fmt.Errorf("ask the watch's progress: %w", err)
-				}
-			}
 		case resp, ok := <-watch:
 			if !ok {
 				return errors.New("watch closed")
@@ -374,20 +439,28 @@ func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo int64) 
 					return err
 				}
 			}
-			// Only events move the registry's revision on. A response's
+			for _, ev := range resp.Events {
+				key := strings.TrimPrefix(string(ev.Kv.Key), st.cfg.Prefix)
+				switch {
+				case key == "":
+				case ev.Type == mvccpb.PUT:
+					st.keys[key] = ev.Kv.ModRevision
+				default:
+					delete(st.keys, key)
+				}
+			}
+			// Only events move the registry's revision on: a response's
 			// header may be ahead of its events (etcd sends a watch that
-			// catches up in batches with the current revision), and
-			// before 3.4.24 and 3.5.8 a progress report asked for could
-			// overtake the replay.
+			// catches up in batches with the current revision).
 			st.through = max(st.through, through)
-			if upTo > 0 && (st.through >= upTo || resp.IsProgressNotify() && resp.Header.Revision >= upTo) {
-				upTo, caughtUp = 0, nil
+			if upTo != nil && (st.through >= upTo.rev || st.reached(*upTo)) {
+				upTo, caughtUp = nil, nil
 				if err := st.setFresh(ctx); err != nil {
 					return err
 				}
 			}
 		case <-caughtUp:
-			return fmt.Errorf("%w: the watch resumed from revision %d did not catch up with %d within %v", errListAgain, from, upTo, st.listTimeout)
+			return fmt.Errorf("%w: the watch resumed from revision %d did not catch up with %d within %v", errListAgain, from, upTo.rev, st.listTimeout)
 		case <-probe.C:
 			pctx, cancel := context.WithTimeout(ctx, st.probeTimeout)
 			_, err := c.Get(pctx, st.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())

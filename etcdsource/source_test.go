@@ -22,11 +22,13 @@ import (
 // follower runs a Source and keeps the documents its updates describe,
 // as the registry would.
 type follower struct {
-	t    *testing.T
-	src  *Source
-	ch   chan registry.DocUpdate
-	docs map[string]string
-	rev  int64
+	t     *testing.T
+	src   *Source
+	ch    chan registry.DocUpdate
+	docs  map[string]string
+	rev   int64
+	last  registry.DocUpdate // the last update applied
+	lists int                // full lists applied
 }
 
 // run starts src; the test's end cancels it and checks that Run returned
@@ -68,6 +70,7 @@ func (f *follower) next(d time.Duration) registry.DocUpdate {
 		}
 		if u.Full {
 			clear(f.docs)
+			f.lists++
 		}
 		for k, v := range u.Docs {
 			if v == nil {
@@ -76,6 +79,7 @@ func (f *follower) next(d time.Duration) registry.DocUpdate {
 				f.docs[k] = string(v)
 			}
 		}
+		f.last = u
 		return u
 	case <-time.After(d):
 		f.t.Fatalf("no update within %v", d)
@@ -97,10 +101,38 @@ func (f *follower) untilFresh(d time.Duration) (u registry.DocUpdate, listed boo
 	}
 }
 
-// counted returns src, counting its full lists.
-func counted(src *Source, lists *atomic.Int32) *Source {
-	src.afterList = func(int64) { lists.Add(1) }
-	return src
+// resumeGate holds a Source's resumptions while a test changes etcd
+// behind its back; open, it lets them through.
+type resumeGate struct {
+	ch      atomic.Pointer[chan struct{}]
+	resumed atomic.Int32 // resumptions let through
+}
+
+func newResumeGate(src *Source) *resumeGate {
+	g := &resumeGate{}
+	open := make(chan struct{})
+	close(open)
+	g.ch.Store(&open)
+	src.beforeResume = func(int64) {
+		select {
+		case <-*g.ch.Load():
+		case <-time.After(10 * time.Second):
+		}
+		g.resumed.Add(1)
+	}
+	return g
+}
+
+// hold closes the gate; release opens it and returns how many
+// resumptions had gone through before.
+func (g *resumeGate) hold() (release func() int32) {
+	ch := make(chan struct{})
+	g.ch.Store(&ch)
+	return func() int32 {
+		n := g.resumed.Load()
+		close(ch)
+		return n
+	}
 }
 
 // waitFor applies updates until the documents are want (within d).
@@ -129,7 +161,7 @@ func etcdDocs(t *testing.T, c *clientv3.Client) map[string]string {
 	return m
 }
 
-func newSource(t *testing.T, cfg Config) *Source {
+func newSource(t testing.TB, cfg Config) *Source {
 	t.Helper()
 	src, err := New(cfg, nil)
 	if err != nil {
@@ -233,10 +265,9 @@ func TestSourceCompaction(t *testing.T) {
 	put(t, c, testPrefix+"k", "0")
 	put(t, c, testPrefix+"gone", "x")
 	src := newSource(t, cfg)
-	lists := 0
+	var injected atomic.Bool
 	src.afterList = func(rev int64) {
-		lists++
-		if lists > 1 {
+		if injected.Swap(true) {
 			return
 		}
 		// Between the list and the watch: changes, then a compaction
@@ -265,28 +296,33 @@ func TestSourceCompaction(t *testing.T) {
 	if u := f.next(2 * time.Second); u.Full || u.Revision != rev || string(u.Docs["k"]) != "3" {
 		t.Errorf("after the second list: %+v, want k=3 at %d", u, rev)
 	}
-	if lists != 2 {
-		t.Errorf("listed %d times, want 2", lists)
+	if f.lists != 2 {
+		t.Errorf("listed %d times, want 2", f.lists)
 	}
 }
 
 // etcd killed: the source says stale at once and nothing more; etcd
 // back: the watch resumes from the last revision seen, without a list,
-// and the source is not stale once it delivered what changed the moment
-// etcd came back; then changes again.
+// and the source says it is current only once it delivered what changed
+// while it was away (a delete, which changes the count of documents;
+// then a put, which does not); then changes again.
 func TestSourceEtcdDown(t *testing.T) {
 	e, c, cfg := startEtcd(t)
 	put(t, c, testPrefix+"a", "A")
 	put(t, c, testPrefix+"b", "B")
-	var lists atomic.Int32
-	f := run(t, counted(newSource(t, cfg), &lists))
+	src := newSource(t, cfg)
+	// Resuming waits while the test makes the changes the source misses.
+	gate := newResumeGate(src)
+	f := run(t, src)
 	if u := f.next(5 * time.Second); !u.Full || !healthy(u) {
 		t.Fatalf("first update %+v, want a full list", u)
 	}
 	put(t, c, testPrefix+"c", "C")
 	f.next(2 * time.Second)
 
+	want := map[string]string{"a": "A", "b": "B", "c": "C"}
 	for round := range 2 {
+		release := gate.hold()
 		stopped := time.Now()
 		e.Stop(t)
 		u := f.next(4 * time.Second)
@@ -310,25 +346,35 @@ func TestSourceEtcdDown(t *testing.T) {
 
 		restarted := time.Now()
 		e.Restart(t)
-		// Written before the source got back: it must show all the same.
-		put(t, c, testPrefix+"b", fmt.Sprintf("B%d", round))
-		del(t, c, testPrefix+"a")
+		if round == 0 {
+			del(t, c, testPrefix+"a")
+			delete(want, "a")
+		} else {
+			want["b"] = "B1"
+			put(t, c, testPrefix+"b", want["b"])
+		}
+		resumedBefore := release()
 		u, listed := f.untilFresh(5 * time.Second)
 		t.Logf("round %d: current again %v after etcd answered", round, time.Since(restarted))
 		if u.Health.Since.Before(restarted) || listed {
 			t.Errorf("round %d: after the restart: health %+v, listed %v; want not stale since the restart, without a list", round, u.Health, listed)
 		}
-		want := map[string]string{"b": fmt.Sprintf("B%d", round), "c": "C"}
-		// The changes made while the source got back are there as soon as
-		// it says it is current: within the 100 ms etcd may take to send
-		// a replay its progress report overtook (etcd before 3.4.24).
-		f.waitFor(500*time.Millisecond, want)
-		put(t, c, testPrefix+"a", "A")
-		want["a"] = "A"
-		f.waitFor(2*time.Second, want)
+		if gate.resumed.Load() == resumedBefore {
+			t.Fatalf("round %d: current again without having resumed", round)
+		}
+		// What changed while the source was away is there by the time it
+		// says it is current.
+		if !maps.Equal(f.docs, want) {
+			t.Errorf("round %d: current with %v, want %v", round, f.docs, want)
+		}
+		if round == 0 {
+			put(t, c, testPrefix+"a", "A")
+			want["a"] = "A"
+			f.waitFor(2*time.Second, want)
+		}
 	}
-	if n := lists.Load(); n != 1 {
-		t.Errorf("listed %d times, want once: after an outage the watch resumes", n)
+	if f.lists != 1 {
+		t.Errorf("listed %d times, want once: after an outage the watch resumes", f.lists)
 	}
 }
 
@@ -339,8 +385,7 @@ func TestSourceResumeCompacted(t *testing.T) {
 	e, c, cfg := startEtcd(t)
 	put(t, c, testPrefix+"a", "A")
 	put(t, c, testPrefix+"b", "B")
-	var lists atomic.Int32
-	src := counted(newSource(t, cfg), &lists)
+	src := newSource(t, cfg)
 	src.beforeResume = func(int64) {
 		put(t, c, testPrefix+"a", "A2")
 		last := del(t, c, testPrefix+"b")
@@ -360,66 +405,61 @@ func TestSourceResumeCompacted(t *testing.T) {
 	if want := map[string]string{"a": "A2"}; !maps.Equal(f.docs, want) {
 		t.Errorf("after the compaction: %v, want %v", f.docs, want)
 	}
-	if n := lists.Load(); n != 2 {
-		t.Errorf("listed %d times, want 2", n)
+	if f.lists != 2 {
+		t.Errorf("listed %d times, want 2", f.lists)
 	}
 }
 
-// etcd wiped and started afresh on the same address: its history is not
-// the one followed, and a resumed watch would keep documents the new etcd
-// never had. The source lists instead. Twice: with a revision lower than
-// the one followed, and with one higher (the raft term gives it away).
+// etcd wiped and started afresh on the same address (which keeps its
+// cluster id): its history is not the one followed, and a resumed watch
+// would keep documents the new etcd never had. The source lists instead.
+// Twice: with a revision lower than the one followed, and with one
+// higher, at the same raft term.
 func TestSourceEtcdWiped(t *testing.T) {
 	e, c, cfg := startEtcd(t)
 	for i := range 10 {
 		put(t, c, testPrefix+"old", fmt.Sprint(i))
 	}
-	// A few elections: a fresh etcd's raft term is lower.
-	e.Restart(t)
-	e.Restart(t)
-	var lists atomic.Int32
 	var said logBuffer
 	src, err := New(cfg, slog.New(slog.NewTextHandler(&said, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := run(t, counted(src, &lists))
+	gate := newResumeGate(src)
+	f := run(t, src)
 	if u := f.next(5 * time.Second); !u.Full || !maps.Equal(f.docs, map[string]string{"old": "9"}) {
 		t.Fatalf("first update %+v, want the full list", u)
 	}
-	// A lower revision.
-	e.Wipe(t)
-	put(t, c, testPrefix+"new", "N")
-	u, listed := f.untilFresh(5 * time.Second)
-	if !listed || !u.Full || !maps.Equal(f.docs, map[string]string{"new": "N"}) {
-		t.Errorf("after a wipe: %v (last update %+v), want a full list of the new etcd", f.docs, u)
-	}
-	if !strings.Contains(said.String(), "has not reached revision") {
-		t.Errorf("after a wipe the source said:\n%s\nwant that etcd has not reached the revision followed", said.String())
-	}
-	// A higher revision than the last one followed.
-	for i := range 20 {
-		put(t, c, testPrefix+"new", fmt.Sprint(i))
-	}
-	f.waitFor(2*time.Second, map[string]string{"new": "19"})
-	e.Restart(t)
-	e.Restart(t)
-	e.Restart(t)
-	put(t, c, testPrefix+"new", "N")
-	f.waitFor(5*time.Second, map[string]string{"new": "N"})
-	before := lists.Load()
-	e.Wipe(t)
-	for i := range 40 {
-		put(t, c, testPrefix+"newer", fmt.Sprint(i))
-	}
-	if u, listed := f.untilFresh(5 * time.Second); !listed || !u.Full || !maps.Equal(f.docs, map[string]string{"newer": "39"}) {
-		t.Errorf("after a wipe to a higher revision: %v (last update %+v), want a full list of the new etcd", f.docs, u)
-	}
-	if n := lists.Load() - before; n != 1 {
-		t.Errorf("listed %d times after the second wipe, want once", n)
-	}
-	if !strings.Contains(said.String(), "etcd's history is not the one followed") {
-		t.Errorf("after the second wipe the source said:\n%s\nwant that the history is another (a lower raft term)", said.String())
+	for i, tc := range []struct {
+		writes int // to the new etcd before the source is back
+		reason string
+	}{
+		{writes: 1, reason: "has not reached revision"},
+		{writes: 40, reason: "etcd's history is not the one followed"},
+	} {
+		release := gate.hold()
+		e.Wipe(t)
+		want := map[string]string{}
+		for n := range tc.writes {
+			key := fmt.Sprintf("new%d", i)
+			want[key] = fmt.Sprint(n)
+			put(t, c, testPrefix+key, want[key])
+		}
+		before := f.lists
+		release()
+		u, _ := f.untilFresh(5 * time.Second)
+		if f.lists != before+1 || !u.Full || !maps.Equal(f.docs, want) {
+			t.Errorf("wipe %d: %v after %d lists (last update %+v), want one full list of the new etcd, %v", i, f.docs, f.lists-before, u, want)
+		}
+		if !strings.Contains(said.String(), tc.reason) {
+			t.Errorf("wipe %d: the source said:\n%s\nwant %q", i, said.String(), tc.reason)
+		}
+		// More changes than the next wipe's history will have.
+		for n := range 20 {
+			put(t, c, testPrefix+"more", fmt.Sprint(n))
+		}
+		want["more"] = "19"
+		f.waitFor(2*time.Second, want)
 	}
 }
 
@@ -446,8 +486,7 @@ func (b *logBuffer) String() string {
 func TestSourceEtcdHangs(t *testing.T) {
 	e, c, cfg := startEtcd(t)
 	put(t, c, testPrefix+"a", "A")
-	var lists atomic.Int32
-	f := run(t, counted(newSource(t, cfg), &lists))
+	f := run(t, newSource(t, cfg))
 	if u := f.next(5 * time.Second); !u.Full || !healthy(u) {
 		t.Fatalf("first update %+v, want a full list", u)
 	}
@@ -471,8 +510,8 @@ func TestSourceEtcdHangs(t *testing.T) {
 	if listed || !maps.Equal(f.docs, map[string]string{"a": "A"}) {
 		t.Errorf("after etcd resumed: %+v, listed %v, want the watch resumed", u, listed)
 	}
-	if n := lists.Load(); n != 1 {
-		t.Errorf("listed %d times, want once", n)
+	if f.lists != 1 {
+		t.Errorf("listed %d times, want once", f.lists)
 	}
 	put(t, c, testPrefix+"b", "B")
 	f.waitFor(2*time.Second, map[string]string{"a": "A", "b": "B"})
