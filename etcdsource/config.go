@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -330,7 +331,11 @@ func (c *firstReadConn) Write(p []byte) (int, error) {
 // TLSConfig builds a TLS configuration as etcdctl's --cacert, --cert and
 // --key do: caFile (PEM) holds the CAs that sign the servers' certificates
 // (the system's when empty); certFile and keyFile (PEM, both or neither)
-// are the client's certificate and key.
+// are the client's certificate and key. The certificate and key are read
+// again at a connection after either file changed (its size or time of
+// change), so a certificate renewed on disk is used without a restart; a
+// pair that does not load (half written, or not matching) leaves the last
+// good one in use. The CAs are read once.
 func TLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caFile != "" {
@@ -346,15 +351,64 @@ func TLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
 	}
 	switch {
 	case certFile != "" && keyFile != "":
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
+		kp := &keyPair{certFile: certFile, keyFile: keyFile}
+		if err := kp.reload(); err != nil {
 			return nil, fmt.Errorf("load client certificate: %w", err)
 		}
-		cfg.Certificates = []tls.Certificate{cert}
+		cfg.GetClientCertificate = kp.get
 	case certFile != "":
 		return nil, fmt.Errorf("client certificate %s without its key: give both or neither", certFile)
 	case keyFile != "":
 		return nil, fmt.Errorf("client key %s without its certificate: give both or neither", keyFile)
 	}
 	return cfg, nil
+}
+
+// keyPair is a client certificate read from files, again when they change.
+type keyPair struct {
+	certFile, keyFile string
+
+	mu    sync.Mutex
+	cert  *tls.Certificate // the last pair that loaded
+	stamp [2]fileStamp     // of the files it loaded from
+}
+
+// fileStamp tells one version of a file from another.
+type fileStamp struct {
+	size  int64
+	mtime time.Time
+	ctime syscall.Timespec
+}
+
+func stampOf(path string) fileStamp {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return fileStamp{size: -1}
+	}
+	return fileStamp{size: st.Size, mtime: time.Unix(st.Mtim.Unix()), ctime: st.Ctim}
+}
+
+// reload loads the pair if the files changed since the last load.
+func (kp *keyPair) reload() error {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	now := [2]fileStamp{stampOf(kp.certFile), stampOf(kp.keyFile)}
+	if kp.cert != nil && now == kp.stamp {
+		return nil
+	}
+	cert, err := tls.LoadX509KeyPair(kp.certFile, kp.keyFile)
+	if err != nil {
+		return err
+	}
+	kp.cert, kp.stamp = &cert, now
+	return nil
+}
+
+// get is tls.Config.GetClientCertificate: the pair as the files hold it
+// now, or the last good one.
+func (kp *keyPair) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	_ = kp.reload() // on failure the last good pair stays
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	return kp.cert, nil
 }

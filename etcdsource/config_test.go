@@ -176,10 +176,13 @@ func TestTLSConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.RootCAs == nil || len(cfg.Certificates) != 1 || cfg.MinVersion == 0 {
+	if cfg.RootCAs == nil || cfg.GetClientCertificate == nil || cfg.MinVersion == 0 {
 		t.Errorf("TLSConfig: %+v", cfg)
 	}
-	if cfg, err := TLSConfig("", "", ""); err != nil || cfg.RootCAs != nil || cfg.Certificates != nil {
+	if c, err := cfg.GetClientCertificate(nil); err != nil || c == nil || len(c.Certificate) != 1 {
+		t.Errorf("TLSConfig's client certificate: %v, %v", c, err)
+	}
+	if cfg, err := TLSConfig("", "", ""); err != nil || cfg.RootCAs != nil || cfg.GetClientCertificate != nil {
 		t.Errorf(`TLSConfig("", "", ""): %+v, %v; want the system's CAs, no client certificate`, cfg, err)
 	}
 	if cfg, err := TLSConfig(ca, "", ""); err != nil || cfg.RootCAs == nil {

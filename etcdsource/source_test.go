@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -656,4 +658,53 @@ func TestSourceTLS(t *testing.T) {
 		t.Fatalf("without the CA: %+v (health %+v), want stale: unknown authority", u, u.Health)
 	}
 	t.Logf("without the CA: %s", u.Health.Err)
+}
+
+// A client certificate renewed on disk is used at the next connection,
+// without a restart: the source starts with a certificate etcd does not
+// trust (stale), and catches up once a trusted one replaces the files.
+func TestSourceTLSRenewedCertificate(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	ca, cert, key := testCerts(t)
+	_, untrustedCert, untrustedKey := testCerts(t) // another CA's
+	e := etcdtest.StartWith(t, etcdtest.Options{CertFile: cert, KeyFile: key, CAFile: ca, ClientCertAuth: true})
+	put(t, e.Client(t), testPrefix+"a", "A")
+
+	dir := t.TempDir()
+	clientCert, clientKey := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
+	// As renewal tools write: a new file renamed over the old one.
+	install := func(from, to string) {
+		t.Helper()
+		data, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to+".new", data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(to+".new", to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install(untrustedCert, clientCert)
+	install(untrustedKey, clientKey)
+	cfg, err := ParseURL("etcds://" + e.Endpoint + testPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TLS, err = TLSConfig(ca, clientCert, clientKey); err != nil {
+		t.Fatal(err)
+	}
+	f := run(t, newSource(t, cfg))
+	if u := f.next(5 * time.Second); u.Health == nil || !u.Health.Stale {
+		t.Fatalf("with a certificate etcd does not trust: %+v, want stale", u)
+	}
+	install(key, clientKey) // for a moment the pair does not match
+	install(cert, clientCert)
+	renewed := time.Now()
+	u, listed := f.untilFresh(10 * time.Second)
+	t.Logf("current %v after the certificate was renewed", time.Since(renewed))
+	if !listed || !maps.Equal(f.docs, map[string]string{"a": "A"}) {
+		t.Errorf("after the renewal: %v (last update %+v), want the full list", f.docs, u)
+	}
 }
