@@ -21,11 +21,20 @@ type model struct {
 	vips   *vipTable
 
 	accepted map[string]*servicefile.Service // by path
-	stale    map[string]bool                 // accepted is a last good version
-	clash    map[string][]*servicefile.Error // refusals found against other files
-	blocked  map[string]bool                 // refused for a clash: look again next time
-	final    map[string]Service              // accepted, with VIPs
-	sorted   []Service                       // final, by name
+	// effective is accepted with the backends of backends documents
+	// added (servicefile.Merge): what the assembler holds and is served.
+	effective map[string]*servicefile.Service
+	// Backends documents in use (their valid version, else their last
+	// good one) by path, their paths by the service they add to (in path
+	// order), and the problems of their backends left out.
+	contrib     map[string]*servicefile.Service
+	byTarget    map[string][]string
+	contribErrs map[string][]*servicefile.Error
+	stale       map[string]bool                 // accepted is a last good version
+	clash       map[string][]*servicefile.Error // refusals found against other files
+	blocked     map[string]bool                 // refused for a clash: look again next time
+	final       map[string]Service              // accepted, with VIPs
+	sorted      []Service                       // final, by name
 }
 
 func newModel(ranges Ranges, limits lb.Limits) *model {
@@ -38,12 +47,16 @@ func newModel(ranges Ranges, limits lb.Limits) *model {
 			keys:   map[key]string{},
 			locals: map[localKey]string{},
 		},
-		vips:     newVIPTable(ranges),
-		accepted: map[string]*servicefile.Service{},
-		stale:    map[string]bool{},
-		clash:    map[string][]*servicefile.Error{},
-		blocked:  map[string]bool{},
-		final:    map[string]Service{},
+		vips:        newVIPTable(ranges),
+		accepted:    map[string]*servicefile.Service{},
+		effective:   map[string]*servicefile.Service{},
+		contrib:     map[string]*servicefile.Service{},
+		byTarget:    map[string][]string{},
+		contribErrs: map[string][]*servicefile.Error{},
+		stale:       map[string]bool{},
+		clash:       map[string][]*servicefile.Error{},
+		blocked:     map[string]bool{},
+		final:       map[string]Service{},
 	}
 }
 
@@ -84,6 +97,15 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 	for _, p := range paths {
 		affected[p] = true
 	}
+	// A backends document changed is a change of the service it names
+	// (the one it named before, too).
+	for _, p := range paths {
+		for _, name := range m.takeBackendsDoc(p, files[p]) {
+			if sp, ok := m.asm.names[name]; ok {
+				affected[sp] = true
+			}
+		}
+	}
 	for p := range m.blocked {
 		affected[p] = true
 	}
@@ -91,10 +113,11 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 	removed := map[string]*servicefile.Service{}
 	for _, p := range order {
 		if svc := m.accepted[p]; svc != nil {
-			m.asm.remove(svc)
+			m.asm.remove(m.effective[p])
 			removed[p] = svc
 		}
 		delete(m.accepted, p)
+		delete(m.effective, p)
 		delete(m.stale, p)
 		delete(m.clash, p)
 		delete(m.blocked, p)
@@ -103,7 +126,7 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 	for _, p := range order {
 		f := files[p]
 		switch {
-		case f == nil:
+		case f == nil || m.contrib[p] != nil:
 		case f.cur != nil && f.cur != f.live:
 			changed = append(changed, p)
 		case f.live != nil:
@@ -112,15 +135,16 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 	}
 	for _, p := range changed {
 		f := files[p]
-		if errs := m.asm.check(p, f.cur); errs != nil {
+		eff := m.merged(f.cur)
+		if errs := m.asm.check(p, eff); errs != nil {
 			m.clash[p] = errs
 			m.blocked[p] = true
-			if f.live != nil {
+			if f.live != nil && !f.live.BackendsOnly {
 				m.keep(p, f.live, true)
 			}
 			continue
 		}
-		m.accepted[p] = f.cur
+		m.accepted[p], m.effective[p] = f.cur, eff
 	}
 
 	// Derived VIPs: change only what the difference touches, or redo all.
@@ -169,7 +193,7 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 			unsorted = append(unsorted, prev.Name)
 			delete(m.final, p)
 		}
-		svc := m.accepted[p]
+		svc := m.effective[p]
 		if svc == nil {
 			continue
 		}
@@ -254,9 +278,10 @@ func collect(svc *servicefile.Service, ds *[]dkey, exp map[netip.Addr][]string) 
 // added in the same batch took its place (names or keys swapped between
 // files), and then the service is reported as no longer served.
 func (m *model) keep(path string, live *servicefile.Service, stale bool) {
-	errs := m.asm.check(path, live)
+	eff := m.merged(live)
+	errs := m.asm.check(path, eff)
 	if errs == nil {
-		m.accepted[path] = live
+		m.accepted[path], m.effective[path] = live, eff
 		m.stale[path] = stale
 		return
 	}
@@ -265,6 +290,58 @@ func (m *model) keep(path string, live *servicefile.Service, stale bool) {
 		what = "the last good version"
 	}
 	m.clash[path] = append(m.clash[path], &servicefile.Error{File: path, Msg: fmt.Sprintf("%s (%q) clashes and is no longer served: %v", what, live.Name, servicefile.Errors(errs))})
+}
+
+// takeBackendsDoc indexes the backends document at path p, if it is one
+// (its valid version, else its last good one), in place of what p was, and
+// returns the names of the services whose backends that changes.
+func (m *model) takeBackendsDoc(p string, f *fileState) (names []string) {
+	if old := m.contrib[p]; old != nil {
+		names = append(names, old.Name)
+		m.byTarget[old.Name] = slices.DeleteFunc(m.byTarget[old.Name], func(x string) bool { return x == p })
+		if len(m.byTarget[old.Name]) == 0 {
+			delete(m.byTarget, old.Name)
+		}
+		delete(m.contrib, p)
+	}
+	delete(m.contribErrs, p)
+	var doc *servicefile.Service
+	switch {
+	case f == nil:
+	case f.cur != nil:
+		if f.cur.BackendsOnly {
+			doc = f.cur
+		}
+	case f.live != nil && f.live.BackendsOnly:
+		doc = f.live
+	}
+	if doc == nil {
+		return names
+	}
+	m.contrib[p] = doc
+	ps := m.byTarget[doc.Name]
+	i, _ := slices.BinarySearch(ps, p)
+	m.byTarget[doc.Name] = slices.Insert(ps, i, p)
+	return append(names, doc.Name)
+}
+
+// merged is svc with the backends of the backends documents for it; the
+// backends left out are reported against their documents.
+func (m *model) merged(svc *servicefile.Service) *servicefile.Service {
+	ps := m.byTarget[svc.Name]
+	if len(ps) == 0 {
+		return svc
+	}
+	docs := make([]servicefile.Contribution, len(ps))
+	for i, p := range ps {
+		docs[i] = servicefile.Contribution{File: p, Doc: m.contrib[p]}
+		delete(m.contribErrs, p)
+	}
+	out, errs := servicefile.Merge(svc, docs)
+	for _, e := range errs {
+		m.contribErrs[e.File] = append(m.contribErrs[e.File], e)
+	}
+	return out
 }
 
 // resort takes the services named in gone out of the sorted list and puts
@@ -302,6 +379,15 @@ func (m *model) snapshot(dir string, files map[string]*fileState) *Snapshot {
 	}
 	for _, es := range m.clash {
 		s.Errors = append(s.Errors, es...)
+	}
+	for _, es := range m.contribErrs {
+		s.Errors = append(s.Errors, es...)
+	}
+	for p, doc := range m.contrib {
+		if _, ok := m.asm.names[doc.Name]; !ok {
+			s.Errors = append(s.Errors, &servicefile.Error{File: p, Pos: doc.NamePos, Field: "backends_for",
+				Msg: fmt.Sprintf("no service %q is served: its backends here wait for it", doc.Name)})
+		}
 	}
 	for _, c := range s.Collisions {
 		if c.Got.IsValid() {

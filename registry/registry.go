@@ -618,6 +618,9 @@ func (r *Registry) apply() {
 	for _, path := range dl.paths {
 		if f := r.files[path]; f != nil {
 			f.live = r.model.accepted[path]
+			if doc := r.model.contrib[path]; doc != nil {
+				f.live = doc
+			}
 		}
 	}
 	if st.Added+st.Updated+st.Removed > 0 {

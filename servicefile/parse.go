@@ -27,9 +27,11 @@ const MaxSize = 1 << 20
 var (
 	serviceFields = []string{"name", "vip", "ports", "backends", "local_name",
 		"health", "policy", "maglev", "client", "affinity", "close_connections"}
-	portFields    = []string{"port", "protocol", "name"}
-	backendFields = []string{"address", "weight", "ports", "state"}
-	healthFields  = []string{"type", "port", "interval", "timeout", "rise", "fall",
+	portFields = []string{"port", "protocol", "name"}
+	// A backends document adds backends to a service defined elsewhere.
+	backendsDocFields = []string{"backends_for", "backends"}
+	backendFields     = []string{"address", "weight", "ports", "state"}
+	healthFields      = []string{"type", "port", "interval", "timeout", "rise", "fall",
 		"path", "host", "status", "query", "qtype"}
 	maglevFields = []string{"table"}
 
@@ -154,7 +156,32 @@ func (p *parser) parse(data []byte) *Service {
 		p.errorf(root, "", "want a mapping of fields (%s), found %s", strings.Join(serviceFields, ", "), describe(root))
 		return nil
 	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "backends_for" {
+			return p.backendsDoc(root)
+		}
+	}
 	return p.service(root)
+}
+
+// backendsDoc parses a backends document: backends for the service named
+// by backends_for, which another document defines.
+func (p *parser) backendsDoc(m *yaml.Node) *Service {
+	f := p.fields(m, "", backendsDocFields)
+	s := &Service{BackendsOnly: true}
+	if kv, ok := f["backends_for"]; ok {
+		s.Name = p.nameAs(kv[1], "backends_for")
+		s.NamePos = posOf(kv[1])
+	}
+	if kv, ok := f["backends"]; ok {
+		p.backends(s, kv[1])
+	} else {
+		p.errorf(m, "backends", "missing: a backends document lists backends (backends: [] for none at the moment)")
+	}
+	if len(p.errs) > 0 {
+		return nil
+	}
+	return s
 }
 
 // findAlias returns the first alias node under n, if any.
@@ -273,7 +300,7 @@ func (p *parser) service(m *yaml.Node) *Service {
 		}
 	}
 	if kv, ok := f["name"]; ok {
-		s.Name = p.name(kv[1])
+		s.Name = p.nameAs(kv[1], "name")
 		s.NamePos = posOf(kv[1])
 	}
 	if kv, ok := f["vip"]; ok {
@@ -319,13 +346,13 @@ func (p *parser) str(n *yaml.Node, field string) (string, bool) {
 	return n.Value, true
 }
 
-func (p *parser) name(n *yaml.Node) string {
-	v, ok := p.str(n, "name")
+func (p *parser) nameAs(n *yaml.Node, field string) string {
+	v, ok := p.str(n, field)
 	if !ok {
 		return ""
 	}
 	if !labelRE.MatchString(v) {
-		p.errorf(n, "name", "%q is not a DNS label: use 1-63 lower-case letters, digits and '-', not starting or ending with '-'", v)
+		p.errorf(n, field, "%q is not a DNS label: use 1-63 lower-case letters, digits and '-', not starting or ending with '-'", v)
 		return ""
 	}
 	return v
@@ -563,7 +590,17 @@ func (p *parser) backends(s *Service, n *yaml.Node) {
 		return
 	}
 	// The same destination twice, on any port, would be one backend with
-	// two weights.
+	// two weights. (A backends document, without ports, by name.)
+	if s.BackendsOnly {
+		seen := map[string]int{}
+		for i, b := range s.Backends {
+			if j, dup := seen[b.Name()]; dup {
+				p.errorf(list[i], fmt.Sprintf("backends[%d]", i), "%s is listed twice (also backends[%d]): give one entry a weight instead", b.Name(), j)
+				return
+			}
+			seen[b.Name()] = i
+		}
+	}
 	for _, port := range s.Ports {
 		seen := map[netip.AddrPort]int{}
 		for i, b := range s.Backends {
@@ -618,6 +655,10 @@ func (p *parser) backend(s *Service, n *yaml.Node, field string) (Backend, bool)
 			b.State, _ = lb.ParseBackendState(v)
 		}
 		if kv, ok := f["ports"]; ok {
+			if s.BackendsOnly {
+				p.errorf(kv[0], field+".ports", "not in a backends document: its backends serve the service's ports on their own port (address:port), or on the service's port numbers")
+				return b, false
+			}
 			return b, p.backendPorts(s, &b, kv[1], field+".ports")
 		}
 		return b, true

@@ -24,7 +24,13 @@ import (
 // other files or the configuration (duplicate names, VIP ranges, map
 // capacity) are the registry's.
 type Service struct {
+	// Name is the service's name; for a backends document, the name of
+	// the service it adds backends to.
 	Name string
+	// BackendsOnly marks a backends document (backends_for: NAME): it
+	// sets only Name and Backends, which Merge adds to the service of
+	// that name, defined in another document.
+	BackendsOnly bool
 	// VIPs are the addresses the file sets (at most one per family). When
 	// empty, the registry derives one per family in Families.
 	VIPs []netip.Addr
@@ -103,6 +109,9 @@ type Backend struct {
 	// draining backend down; it never brings one up.
 	State lb.BackendState
 	Pos   Pos
+	// From is the backends document that added the backend (see Merge);
+	// empty for a backend of the service's own document.
+	From string
 }
 
 // Name is how the file names the backend: its address, with the port when
