@@ -283,3 +283,68 @@ func TestFleetLeaseExpiry(t *testing.T) {
 		t.Errorf("curl from %s after B's service left: %q, want the VIP unreachable", a.name, got)
 	}
 }
+
+// One service on several hosts: the service is put once (registry put),
+// hosts B and C each publish their own backends of it (a backends
+// document, under their lease). Host A balances over both; B's daemon is
+// killed (its backend process lives on): after the lease only C's backend
+// is left, the service stays, and every new connect goes to C.
+func TestFleetSharedServiceBackends(t *testing.T) {
+	const ttl = 2 * time.Second
+	pub := map[int]string{}
+	for i, addr := range map[int]string{1: "192.0.2.12:8080", 2: "192.0.2.13:8080"} {
+		dir := t.TempDir()
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "shared.yaml"), []byte("backends_for: shared\nbackends: ["+addr+"]\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		pub[i] = dir
+	}
+	etcd, _, hosts := newFleet(t, 3, func(i int) []string {
+		if dir, ok := pub[i]; ok {
+			return []string{"--publish", dir, "--publish-ttl", ttl.String(), "--publish-as", fmt.Sprintf("host%c", 'a'+i)}
+		}
+		return nil
+	})
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	b.serve(t, "192.0.2.12:8080")
+	c.serve(t, "192.0.2.13:8080")
+	svcFile := filepath.Join(t.TempDir(), "shared.yaml")
+	if err := os.WriteFile(svcFile, []byte("name: shared\nvip: [198.18.20.4]\nports: [80]\npolicy: round-robin\nbackends: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg := []string{"--registry", "etcd://" + etcd.Endpoint + "/fleet/services/"}
+	if out, errOut, code := sockmesh(t, append([]string{"registry", "put", svcFile}, reg...)...); code != 0 {
+		t.Fatalf("registry put: %d %s %s", code, out, errOut)
+	}
+	for _, h := range hosts {
+		waitServed(t, h.pinDir(), "198.18.20.4", 5*time.Second, "192.0.2.12:8080", "192.0.2.13:8080")
+	}
+	seen := map[string]int{}
+	for range 6 {
+		seen[a.curl(t, "http://198.18.20.4/")]++
+	}
+	if seen["backend 192.0.2.12:8080"] != 3 || seen["backend 192.0.2.13:8080"] != 3 {
+		t.Errorf("6 curls from host A, round-robin over B's and C's backends: %v", seen)
+	}
+	out, _, _ := sockmesh(t, append([]string{"registry", "list"}, reg...)...)
+	for _, key := range []string{"shared/backends/hostb/shared", "shared/backends/hostc/shared"} {
+		if !strings.Contains(out, key) {
+			t.Errorf("registry list:\n%s\nwant the key %s", out, key)
+		}
+	}
+
+	b.daemon.stop(t, syscall.SIGKILL)
+	killed := time.Now()
+	for _, h := range []*fleetHost{a, c} {
+		waitServed(t, h.pinDir(), "198.18.20.4", ttl+5*time.Second, "192.0.2.13:8080")
+	}
+	t.Logf("host B killed: its backend left the service on hosts A and C after %v (lease %v)", time.Since(killed).Round(time.Millisecond), ttl)
+	for i := range 6 {
+		if got := a.curl(t, "http://198.18.20.4/"); got != "backend 192.0.2.13:8080" {
+			t.Errorf("curl %d from host A after B's backends left: %q, want C's backend", i, got)
+		}
+	}
+}

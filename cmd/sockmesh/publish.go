@@ -26,7 +26,11 @@ const publishRescan = 10 * time.Second
 // A file that does not parse keeps its last good version published.
 // Stopping does not revoke the lease: a daemon restarted within ttl (an
 // upgrade) takes its services over and no host ever loses them.
-func publishDir(ctx context.Context, dir string, cfg etcdsource.Config, ttl time.Duration, log *slog.Logger) error {
+//
+// A backends document is published as NAME/backends/HOST/FILE (host is
+// this host's name): each host's own backends of a service that several
+// hosts serve; when this host dies, only its backends leave the service.
+func publishDir(ctx context.Context, dir string, cfg etcdsource.Config, ttl time.Duration, host string, log *slog.Logger) error {
 	// A client with a user authenticates as it is made: while etcd is
 	// down that fails, and is tried again; traffic does not depend on it.
 	var c *clientv3.Client
@@ -87,7 +91,7 @@ func publishDir(ctx context.Context, dir string, cfg etcdsource.Config, ttl time
 				delete(good, path)
 				continue
 			}
-			docs[svc.Name] = svc.Source
+			docs[docKey(svc, host, path)] = svc.Source
 		}
 		p.Set(docs)
 	}
@@ -108,6 +112,33 @@ func publishDir(ctx context.Context, dir string, cfg etcdsource.Config, ttl time
 		}
 		read()
 	}
+}
+
+// docKey is the key a document is written under, below the prefix: a
+// service's name; for a backends document NAME/backends/HOST/FILE (the
+// file's name without .yaml), so that hosts and files never share one.
+func docKey(svc *servicefile.Service, host, file string) string {
+	if !svc.BackendsOnly {
+		return svc.Name
+	}
+	base := strings.TrimSuffix(strings.TrimSuffix(filepath.Base(file), ".yaml"), ".yml")
+	return svc.Name + "/backends/" + host + "/" + base
+}
+
+// hostKey checks a host's name for keys (default: the host name, lower
+// case): no slashes, no spaces.
+func hostKey(name string) (string, error) {
+	if name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("find the host name: %w (set it)", err)
+		}
+		name = strings.ToLower(h)
+	}
+	if strings.ContainsFunc(name, func(r rune) bool { return r == '/' || r <= ' ' || r == 0x7f }) {
+		return "", fmt.Errorf("%q: a host's name in a key has no slashes, spaces or control characters", name)
+	}
+	return name, nil
 }
 
 func isPublishable(name string) bool {

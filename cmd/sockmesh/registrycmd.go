@@ -95,9 +95,10 @@ holds one service, named after it.`,
 			return run(ctx, cfg, c, args)
 		}
 	}
+	var putHost string
 	put := &cobra.Command{
 		Use:   "put FILE",
-		Short: "Validate a service file against the registry and write it under its name",
+		Short: "Validate a service file against the registry and write it under its name (a backends document under NAME/backends/HOST/FILE)",
 		Args:  cobra.ExactArgs(1),
 		RunE: withClient(func(ctx context.Context, cfg etcdsource.Config, c *clientv3.Client, args []string) error {
 			data, err := os.ReadFile(args[0])
@@ -108,6 +109,11 @@ holds one service, named after it.`,
 			if err != nil {
 				return err
 			}
+			host, err := hostKey(putHost)
+			if err != nil {
+				return fmt.Errorf("parse --host: %w", err)
+			}
+			key := docKey(svc, host, args[0])
 			docs, rev, err := etcdsource.List(ctx, c, cfg.Prefix)
 			if err != nil {
 				return fmt.Errorf("list %s: %w", cfg.URL(), err)
@@ -116,25 +122,26 @@ holds one service, named after it.`,
 			if err != nil {
 				return err
 			}
-			if err := checkAgainst(cfg.URL(), args[0], data, svc.Name, docs, rg); err != nil {
+			if err := checkAgainst(cfg.URL(), args[0], data, key, docs, rg); err != nil {
 				return err
 			}
 			// Written only if nothing under the prefix changed since the
 			// list the check saw: two clashing puts cannot both pass.
 			resp, err := c.Txn(ctx).
 				If(clientv3.Compare(clientv3.ModRevision(cfg.Prefix).WithPrefix(), "<", rev+1)).
-				Then(clientv3.OpPut(cfg.Prefix+svc.Name, string(data))).
+				Then(clientv3.OpPut(cfg.Prefix+key, string(data))).
 				Commit()
 			if err != nil {
-				return fmt.Errorf("put %s: %w", svc.Name, err)
+				return fmt.Errorf("put %s: %w", key, err)
 			}
 			if !resp.Succeeded {
-				return fmt.Errorf("put %s: the registry changed while it was checked: run put again", svc.Name)
+				return fmt.Errorf("put %s: the registry changed while it was checked: run put again", key)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "put %s\n", registry.DocPath(cfg.URL(), svc.Name))
+			fmt.Fprintf(cmd.OutOrStdout(), "put %s\n", registry.DocPath(cfg.URL(), key))
 			return nil
 		}),
 	}
+	put.Flags().StringVar(&putHost, "host", "", "the host in a backends document's key (default: this host's name)")
 	get := &cobra.Command{
 		Use:   "get NAME",
 		Short: "Print a service as the registry holds it",
@@ -208,13 +215,14 @@ holds one service, named after it.`,
 	return cmd
 }
 
-// checkAgainst validates the service file file (text data, service name)
+// checkAgainst validates the service file file (text data, to be written
+// under key)
 // as sockmesh check would with every document of the registry beside it,
-// the document of the same name replaced. It refuses the file's own
+// the document under the same key replaced. It refuses the file's own
 // errors, what the whole set no longer fits (capacity), and a derived
 // VIP of a service already there that the new file would take away (that
 // service would move to another address on every host).
-func checkAgainst(source, file string, data []byte, name string, docs []etcdsource.Doc, rg registry.Ranges) error {
+func checkAgainst(source, file string, data []byte, key string, docs []etcdsource.Doc, rg registry.Ranges) error {
 	dir, err := os.MkdirTemp("", "sockmesh-registry-check-")
 	if err != nil {
 		return fmt.Errorf("check against the registry: %w", err)
@@ -222,7 +230,7 @@ func checkAgainst(source, file string, data []byte, name string, docs []etcdsour
 	defer os.RemoveAll(dir)
 	paths := map[string]string{} // temp file -> what to call it
 	for i, d := range docs {
-		if d.Key == name {
+		if d.Key == key {
 			continue
 		}
 		p := filepath.Join(dir, fmt.Sprintf("doc%06d.yaml", i))
@@ -262,7 +270,7 @@ func checkAgainst(source, file string, data []byte, name string, docs []etcdsour
 		known[c.Name] = true
 	}
 	for _, c := range after.Collisions {
-		if c.Name != name && !known[c.Name] {
+		if c.Name != key && !known[c.Name] {
 			errs = append(errs, fmt.Sprintf("%s: vip: service %q would lose its VIP %s to this file and move on every host (%s): set another vip, or a name that sorts after it", file, c.Name, c.Wanted, c))
 		}
 	}

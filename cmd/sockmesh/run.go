@@ -48,6 +48,7 @@ type runFlags struct {
 	registry   registryFlags
 	publish    string
 	publishTTL time.Duration
+	publishAs  string // this host's name in the keys of its backends documents
 }
 
 // mapSizeFlags size the datapath maps when run creates them; pinned maps
@@ -111,6 +112,7 @@ removes everything.`,
 	f.registry.add(cmd.Flags(), "also serve the services of this etcd key prefix, shared by every host")
 	cmd.Flags().StringVar(&f.publish, "publish", "", "directory of service files this host publishes to --registry under a lease (its own backends: they leave every host when this one dies)")
 	cmd.Flags().DurationVar(&f.publishTTL, "publish-ttl", 10*time.Second, "lease of the published services: how long after this host dies they stay on the others (whole seconds, etcd's minimum is about 2s)")
+	cmd.Flags().StringVar(&f.publishAs, "publish-as", "", "this host's name in the keys of the backends documents it publishes (NAME/backends/HOST/FILE; default: the host name)")
 	cmd.Flags().UintSliceVar(&f.excludeUIDs, "exclude-uid", nil, "uid whose connects and sends to VIPs go out unchanged; repeatable or comma-separated, up to 8")
 	return cmd
 }
@@ -354,7 +356,7 @@ func run(ctx context.Context, g *globalFlags, f *runFlags) error {
 	if f.publish != "" {
 		ch := make(chan error, 1)
 		publishErrs = ch
-		go func() { ch <- publishDir(ctx, f.publish, cfg.registry, f.publishTTL, log) }()
+		go func() { ch <- publishDir(ctx, f.publish, cfg.registry, f.publishTTL, f.publishAs, log) }()
 	}
 	var dnsErrs, metricsErrs <-chan error // nil when off: never ready
 	if dnsHandler != nil {
@@ -481,6 +483,9 @@ func (f *runFlags) check(log *slog.Logger) (*runConfig, error) {
 		}
 		if fi, err := os.Stat(f.publish); err != nil || !fi.IsDir() {
 			return nil, fmt.Errorf("parse --publish: %s is not a directory", f.publish)
+		}
+		if f.publishAs, err = hostKey(f.publishAs); err != nil {
+			return nil, fmt.Errorf("parse --publish-as: %w", err)
 		}
 	}
 	switch {
