@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -190,7 +191,10 @@ func (st *runState) sync(ctx context.Context, c *clientv3.Client) error {
 			return err
 		}
 		if st.reached(target) {
-			// Nothing to wait for: the documents are etcd's already.
+			// Nothing to wait for: the documents are etcd's already, and
+			// what happened meanwhile came to nothing (see reached): the
+			// watch starts after it.
+			st.through = target.rev
 			if err := st.setFresh(ctx); err != nil {
 				return err
 			}
@@ -251,7 +255,10 @@ type catchUp struct {
 // lastPut the registry has each of them, with its value; what the watch
 // has still to deliver up to target.rev can only be deletions, and
 // writes of documents deleted again by then. So the registry has them
-// all and no more exactly when it has as many.
+// all and no more exactly when it has as many. Those writes and deletions
+// still to come would only bring back, for a moment, documents etcd
+// deleted before it came back: once reached, the registry stands at
+// target.rev and the watch skips them.
 func (st *runState) reached(target catchUp) bool {
 	return st.through >= target.lastPut && int64(len(st.keys)) == target.count
 }
@@ -394,6 +401,7 @@ func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo *catchU
 	probe := time.NewTicker(st.probeEvery)
 	defer probe.Stop()
 	var caughtUp <-chan time.Time // fires if the watch never catches up
+	var skip int64                // events up to this revision came to nothing (see reached)
 	if upTo != nil {
 		t := time.NewTimer(st.listTimeout)
 		defer t.Stop()
@@ -420,8 +428,12 @@ func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo *catchU
 			}
 			st.term = max(st.term, resp.Header.RaftTerm)
 			u := registry.DocUpdate{Source: st.name, Docs: map[string][]byte{}, Revision: resp.Header.Revision}
+			events := resp.Events
+			if skip > 0 {
+				events = slices.DeleteFunc(slices.Clone(events), func(ev *clientv3.Event) bool { return ev.Kv.ModRevision <= skip })
+			}
 			var through int64
-			for _, ev := range resp.Events {
+			for _, ev := range events {
 				through = max(through, ev.Kv.ModRevision)
 				key := strings.TrimPrefix(string(ev.Kv.Key), st.cfg.Prefix)
 				if key == "" {
@@ -439,7 +451,7 @@ func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo *catchU
 					return err
 				}
 			}
-			for _, ev := range resp.Events {
+			for _, ev := range events {
 				key := strings.TrimPrefix(string(ev.Kv.Key), st.cfg.Prefix)
 				switch {
 				case key == "":
@@ -454,6 +466,9 @@ func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo *catchU
 			// catches up in batches with the current revision).
 			st.through = max(st.through, through)
 			if upTo != nil && (st.through >= upTo.rev || st.reached(*upTo)) {
+				if st.through < upTo.rev {
+					skip, st.through = upTo.rev, upTo.rev
+				}
 				upTo, caughtUp = nil, nil
 				if err := st.setFresh(ctx); err != nil {
 					return err
@@ -463,10 +478,15 @@ func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo *catchU
 			return fmt.Errorf("%w: the watch resumed from revision %d did not catch up with %d within %v", errListAgain, from, upTo.rev, st.listTimeout)
 		case <-probe.C:
 			pctx, cancel := context.WithTimeout(ctx, st.probeTimeout)
-			_, err := c.Get(pctx, st.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+			resp, err := c.Get(pctx, st.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 			cancel()
 			if err != nil {
 				return fmt.Errorf("probe: %w", st.explain(err, st.probeTimeout))
+			}
+			// The client may have moved the watch to another endpoint
+			// without a failure we saw: it must be the same cluster.
+			if resp.Header.ClusterId != st.cluster {
+				return fmt.Errorf("%w: etcd's cluster is now %x, was %x", errListAgain, resp.Header.ClusterId, st.cluster)
 			}
 		}
 	}
