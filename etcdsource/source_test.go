@@ -498,7 +498,13 @@ func TestSourceEtcdWiped(t *testing.T) {
 		e.Wipe(t)
 		want := map[string]string{}
 		for n := range tc.writes {
+			// Two documents, as many as the source has (new0 and more
+			// after the first wipe): only the last one it saw written
+			// tells the histories apart.
 			key := fmt.Sprintf("new%d", i)
+			if n > 0 {
+				key += "b"
+			}
 			want[key] = fmt.Sprint(n)
 			put(t, c, testPrefix+key, want[key])
 		}
