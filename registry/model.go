@@ -197,7 +197,7 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 		if svc == nil {
 			continue
 		}
-		s := Service{Service: svc, File: p, Stale: m.stale[p], VIPs: slices.Clone(svc.VIPs)}
+		s := Service{Service: svc, File: p, Stale: m.stale[p], VIPs: slices.Clone(svc.VIPs), BackendsDocs: m.backendsDocs(svc.Name)}
 		if len(svc.VIPs) == 0 {
 			s.Derived = true
 			for _, f := range svc.Families {
@@ -325,17 +325,29 @@ func (m *model) takeBackendsDoc(p string, f *fileState) (names []string) {
 	return append(names, doc.Name)
 }
 
-// merged is svc with the backends of the backends documents for it; the
-// backends left out are reported against their documents.
-func (m *model) merged(svc *servicefile.Service) *servicefile.Service {
-	ps := m.byTarget[svc.Name]
+// backendsDocs are the backends documents for the service name, in path
+// order.
+func (m *model) backendsDocs(name string) []servicefile.Contribution {
+	ps := m.byTarget[name]
 	if len(ps) == 0 {
-		return svc
+		return nil
 	}
 	docs := make([]servicefile.Contribution, len(ps))
 	for i, p := range ps {
 		docs[i] = servicefile.Contribution{File: p, Doc: m.contrib[p]}
-		delete(m.contribErrs, p)
+	}
+	return docs
+}
+
+// merged is svc with the backends of the backends documents for it; the
+// backends left out are reported against their documents.
+func (m *model) merged(svc *servicefile.Service) *servicefile.Service {
+	docs := m.backendsDocs(svc.Name)
+	if len(docs) == 0 {
+		return svc
+	}
+	for _, d := range docs {
+		delete(m.contribErrs, d.File)
 	}
 	out, errs := servicefile.Merge(svc, docs)
 	for _, e := range errs {

@@ -29,6 +29,10 @@ type Service struct {
 	// held down when the service was last applied: the datapath treats
 	// them as down whatever the file says.
 	HealthDown []string
+	// BackendsDocs are the backends documents for the service, in the
+	// order their backends joined it (servicefile.Merge): with the file's
+	// own text they rebuild the service.
+	BackendsDocs []servicefile.Contribution
 }
 
 // Datapath is what the service expands to: one datapath service per VIP

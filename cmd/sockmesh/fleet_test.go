@@ -335,6 +335,18 @@ func TestFleetSharedServiceBackends(t *testing.T) {
 			t.Errorf("registry list:\n%s\nwant the key %s", out, key)
 		}
 	}
+	// status names the document each backend came from.
+	from := map[string]string{}
+	for _, s := range readStatusJSON(t, a.paths).Services {
+		if s.Name == "shared" {
+			for _, b := range s.Backends {
+				from[b.Address] = b.From
+			}
+		}
+	}
+	if !strings.HasSuffix(from["192.0.2.12:8080"], "/fleet/services/shared/backends/hostb/shared") || !strings.HasSuffix(from["192.0.2.13:8080"], "/shared/backends/hostc/shared") {
+		t.Errorf("status of shared on host A: backends from %v", from)
+	}
 
 	b.daemon.stop(t, syscall.SIGKILL)
 	killed := time.Now()
@@ -346,5 +358,15 @@ func TestFleetSharedServiceBackends(t *testing.T) {
 		if got := a.curl(t, "http://198.18.20.4/"); got != "backend 192.0.2.13:8080" {
 			t.Errorf("curl %d from host A after B's backends left: %q, want C's backend", i, got)
 		}
+	}
+
+	// etcd down, host A's daemon restarted: it serves the service with
+	// C's backend from its state file.
+	etcd.Stop(t)
+	a.daemon.stop(t, syscall.SIGTERM)
+	a.start(t)
+	waitServed(t, a.pinDir(), "198.18.20.4", 2*time.Second, "192.0.2.13:8080")
+	if got := a.curl(t, "http://198.18.20.4/"); got != "backend 192.0.2.13:8080" {
+		t.Errorf("curl from host A restarted with etcd down: %q", got)
 	}
 }

@@ -110,6 +110,15 @@ type stateService struct {
 	Derived bool         `json:"derived,omitempty"`
 	Stale   bool         `json:"stale,omitempty"`
 	Source  string       `json:"source"`
+	// BackendsDocs are the backends documents whose backends the service
+	// served too (from other hosts, say).
+	BackendsDocs []stateDoc `json:"backends_docs,omitempty"`
+}
+
+// stateDoc is a document's file and text.
+type stateDoc struct {
+	File   string `json:"file"`
+	Source string `json:"source"`
 }
 
 // withSnapshot returns a copy of st describing snap.
@@ -117,9 +126,13 @@ func (st daemonState) withSnapshot(snap *registry.Snapshot) daemonState {
 	st.Generation, st.Applied, st.ApplyTime = snap.Generation, snap.Applied, snap.ApplyTime
 	st.Services = make([]stateService, 0, len(snap.Services))
 	for _, sv := range snap.Services {
-		st.Services = append(st.Services, stateService{
+		ss := stateService{
 			Name: sv.Name, File: sv.File, VIPs: sv.VIPs, Derived: sv.Derived, Stale: sv.Stale, Source: string(sv.Source),
-		})
+		}
+		for _, d := range sv.BackendsDocs {
+			ss.BackendsDocs = append(ss.BackendsDocs, stateDoc{d.File, string(d.Doc.Source)})
+		}
+		st.Services = append(st.Services, ss)
 	}
 	st.Sources = nil
 	for _, s := range snap.Sources {
@@ -137,13 +150,30 @@ func (st *daemonState) lastGood() map[string][]byte {
 	out := make(map[string][]byte, len(st.Services))
 	for _, sv := range st.Services {
 		out[sv.File] = []byte(sv.Source)
+		for _, d := range sv.BackendsDocs {
+			out[d.File] = []byte(d.Source)
+		}
 	}
 	return out
 }
 
-// parsed rebuilds a state service's ports and backends from its text.
+// parsed rebuilds a state service's ports and backends from its text and
+// those of its backends documents.
 func (sv *stateService) parsed() (*servicefile.Service, error) {
-	return servicefile.Parse(sv.File, []byte(sv.Source))
+	svc, err := servicefile.Parse(sv.File, []byte(sv.Source))
+	if err != nil || len(sv.BackendsDocs) == 0 {
+		return svc, err
+	}
+	docs := make([]servicefile.Contribution, 0, len(sv.BackendsDocs))
+	for _, d := range sv.BackendsDocs {
+		doc, err := servicefile.Parse(d.File, []byte(d.Source))
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, servicefile.Contribution{File: d.File, Doc: doc})
+	}
+	merged, _ := servicefile.Merge(svc, docs)
+	return merged, nil
 }
 
 // readState reads a state file; a missing one is (nil, nil).

@@ -109,6 +109,9 @@ type backendStatus struct {
 	Connections uint64 `json:"connections"`
 	// Health is what the health checks say, when the service has them.
 	Health *healthJSON `json:"health,omitempty"`
+	// From is the backends document that added the backend, when not
+	// the service's own file.
+	From string `json:"from,omitempty"`
 }
 
 func readStatus(paths *pathFlags) (*statusReport, error) {
@@ -130,8 +133,10 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 		name, file string
 		stale      bool
 		svc        lb.Service // as the daemon applied it, all backends
-		// health is each backend's check, by its address for this key.
+		// health is each backend's check, by its address for this key;
+		// from the backends document each came from, if any.
 		health map[netip.AddrPort]*healthJSON
+		from   map[netip.AddrPort]string
 	}
 	names := map[lb.ServiceKey]name{}
 	checks := map[string]map[string]*healthJSON{} // service -> backend name
@@ -157,10 +162,11 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 				return h != nil && h.State == "down"
 			}
 			for _, ls := range svc.LBServices(sv.VIPs, down) {
-				n := name{sv.Name, sv.File, sv.Stale, ls, map[netip.AddrPort]*healthJSON{}}
+				n := name{sv.Name, sv.File, sv.Stale, ls, map[netip.AddrPort]*healthJSON{}, map[netip.AddrPort]string{}}
 				for i, b := range svc.Backends {
 					// LBServices keeps the file's backend order.
 					n.health[ls.Backends[i].Addr] = checks[sv.Name][b.Name()]
+					n.from[ls.Backends[i].Addr] = b.From
 				}
 				names[normalizeKey(ls.Key)] = n
 			}
@@ -197,7 +203,7 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 			Connections: c.Translations, Refused: c.Refused, Backends: []backendStatus{},
 		}
 		for _, b := range s.Backends {
-			bs := backendStatus{Address: b.Addr.String(), Weight: max(b.Weight, 1), State: b.State.String(), Health: n.health[b.Addr]}
+			bs := backendStatus{Address: b.Addr.String(), Weight: max(b.Weight, 1), State: b.State.String(), Health: n.health[b.Addr], From: n.from[b.Addr]}
 			for _, bc := range c.Backends {
 				if bc.Addr == b.Addr {
 					bs.Connections = bc.Translations
