@@ -31,6 +31,7 @@ func FuzzParse(f *testing.F) {
 			"health: {type: http, port: 8080, interval: 500ms, timeout: 200ms, rise: 1, fall: 2, path: /healthz, host: example, status: 200-299}\n" +
 			"policy: maglev\nmaglev: {table: 251}\nclient: netns\naffinity: 10m\nclose_connections: true\n",
 		"name: ns\nports: [53/udp]\nbackends: ['[fd00::1]:53']\nhealth: {type: dns, query: example.org, qtype: AAAA}\npolicy: round-robin\naffinity: 1h\n",
+		"backends_for: web\nbackends: [10.0.0.1:8080, {address: 'fd00::2', weight: 2, state: draining}]\n",
 		"a: &x 1\nb: *x\n",
 		"name: [\n",
 		"- 1\n",
@@ -39,6 +40,19 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	lim := lb.Limits{ServiceEntries: 1 << 20, Backends: 1 << 20, Counters: 1 << 20, LocalNames: 1 << 20}
+	// Services a backends document is merged into: what Merge lets join
+	// the datapath must accept.
+	var bases []*Service
+	for _, src := range []string{
+		"name: b4\nvip: 198.18.0.1\nports: [80, 53/udp]\nbackends: [{address: 10.0.0.1, weight: 7}]\n",
+		"name: b6\nvip: 'fd6d:6573:6800::1'\nports: [80, {port: 443, name: https}]\nbackends: []\nlocal_name: true\n",
+	} {
+		b, err := Parse("base.yaml", []byte(src))
+		if err != nil {
+			f.Fatal(err)
+		}
+		bases = append(bases, b)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := Parse("f.yaml", data)
 		if err != nil {
@@ -49,6 +63,18 @@ func FuzzParse(f *testing.F) {
 			for _, e := range es {
 				if e.File != "f.yaml" || e.Msg == "" {
 					t.Fatalf("error without file or message: %+v", e)
+				}
+			}
+			return
+		}
+		if s.BackendsOnly {
+			if s.Name == "" || len(s.Ports) > 0 || len(s.VIPs) > 0 || s.Health != nil {
+				t.Fatalf("a backends document with more than a name and backends: %+v", s)
+			}
+			for _, base := range bases {
+				merged, _ := Merge(base, []Contribution{{"f.yaml", s}})
+				if err := lb.Validate(merged.LBServices(base.VIPs, nil), lim); err != nil {
+					t.Fatalf("Merge let in what the datapath refuses: %v\ninput: %q", err, data)
 				}
 			}
 			return
