@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"sockmesh/lb"
 	"sockmesh/servicefile"
@@ -25,16 +26,18 @@ type model struct {
 	// added (servicefile.Merge): what the assembler holds and is served.
 	effective map[string]*servicefile.Service
 	// Backends documents in use (their valid version, else their last
-	// good one) by path, their paths by the service they add to (in path
-	// order), and the problems of their backends left out.
-	contrib     map[string]*servicefile.Service
-	byTarget    map[string][]string
-	contribErrs map[string][]*servicefile.Error
-	stale       map[string]bool                 // accepted is a last good version
-	clash       map[string][]*servicefile.Error // refusals found against other files
-	blocked     map[string]bool                 // refused for a clash: look again next time
-	final       map[string]Service              // accepted, with VIPs
-	sorted      []Service                       // final, by name
+	// good one) by path, and their paths by the service they add to (in
+	// path order).
+	contrib  map[string]*servicefile.Service
+	byTarget map[string][]string
+	// mergeErrs are, by the path of a served service, the problems of the
+	// backends documents' backends it left out.
+	mergeErrs map[string][]*servicefile.Error
+	stale     map[string]bool                 // accepted is a last good version
+	clash     map[string][]*servicefile.Error // refusals found against other files
+	blocked   map[string]bool                 // refused for a clash: look again next time
+	final     map[string]Service              // accepted, with VIPs
+	sorted    []Service                       // final, by name
 }
 
 func newModel(ranges Ranges, limits lb.Limits) *model {
@@ -47,16 +50,16 @@ func newModel(ranges Ranges, limits lb.Limits) *model {
 			keys:   map[key]string{},
 			locals: map[localKey]string{},
 		},
-		vips:        newVIPTable(ranges),
-		accepted:    map[string]*servicefile.Service{},
-		effective:   map[string]*servicefile.Service{},
-		contrib:     map[string]*servicefile.Service{},
-		byTarget:    map[string][]string{},
-		contribErrs: map[string][]*servicefile.Error{},
-		stale:       map[string]bool{},
-		clash:       map[string][]*servicefile.Error{},
-		blocked:     map[string]bool{},
-		final:       map[string]Service{},
+		vips:      newVIPTable(ranges),
+		accepted:  map[string]*servicefile.Service{},
+		effective: map[string]*servicefile.Service{},
+		contrib:   map[string]*servicefile.Service{},
+		byTarget:  map[string][]string{},
+		mergeErrs: map[string][]*servicefile.Error{},
+		stale:     map[string]bool{},
+		clash:     map[string][]*servicefile.Error{},
+		blocked:   map[string]bool{},
+		final:     map[string]Service{},
 	}
 }
 
@@ -118,6 +121,7 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 		}
 		delete(m.accepted, p)
 		delete(m.effective, p)
+		delete(m.mergeErrs, p)
 		delete(m.stale, p)
 		delete(m.clash, p)
 		delete(m.blocked, p)
@@ -135,8 +139,7 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 	}
 	for _, p := range changed {
 		f := files[p]
-		eff := m.merged(f.cur)
-		if errs := m.asm.check(p, eff); errs != nil {
+		if errs := m.accept(p, f.cur, false); errs != nil {
 			m.clash[p] = errs
 			m.blocked[p] = true
 			if f.live != nil && !f.live.BackendsOnly {
@@ -144,7 +147,6 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 			}
 			continue
 		}
-		m.accepted[p], m.effective[p] = f.cur, eff
 	}
 
 	// Derived VIPs: change only what the difference touches, or redo all.
@@ -278,13 +280,11 @@ func collect(svc *servicefile.Service, ds *[]dkey, exp map[netip.Addr][]string) 
 // added in the same batch took its place (names or keys swapped between
 // files), and then the service is reported as no longer served.
 func (m *model) keep(path string, live *servicefile.Service, stale bool) {
-	eff := m.merged(live)
-	errs := m.asm.check(path, eff)
+	errs := m.accept(path, live, stale)
 	if errs == nil {
-		m.accepted[path], m.effective[path] = live, eff
-		m.stale[path] = stale
 		return
 	}
+	m.blocked[path] = true // look again once what took its place goes
 	what := "the service"
 	if stale {
 		what = "the last good version"
@@ -304,7 +304,6 @@ func (m *model) takeBackendsDoc(p string, f *fileState) (names []string) {
 		}
 		delete(m.contrib, p)
 	}
-	delete(m.contribErrs, p)
 	var doc *servicefile.Service
 	switch {
 	case f == nil:
@@ -339,21 +338,37 @@ func (m *model) backendsDocs(name string) []servicefile.Contribution {
 	return docs
 }
 
-// merged is svc with the backends of the backends documents for it; the
-// backends left out are reported against their documents.
-func (m *model) merged(svc *servicefile.Service) *servicefile.Service {
+// accept takes svc at path into the served set, with the backends of its
+// backends documents, and returns why it cannot join (nil if it can). If
+// only the documents' backends keep it out (a local_name address another
+// service claims, capacity), it joins with its own backends, the
+// documents are reported as left out, and it is looked at again next
+// time.
+func (m *model) accept(path string, svc *servicefile.Service, stale bool) []*servicefile.Error {
 	docs := m.backendsDocs(svc.Name)
-	if len(docs) == 0 {
-		return svc
+	eff, merrs := servicefile.Merge(svc, docs)
+	errs := m.asm.check(path, eff)
+	if errs != nil && eff != svc && m.asm.check(path, svc) == nil {
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = e.Msg
+		}
+		merrs = merrs[:0]
+		for _, d := range docs {
+			merrs = append(merrs, &servicefile.Error{File: d.File, Pos: d.Doc.NamePos, Field: "backends",
+				Msg: fmt.Sprintf("left out, with every backends document of service %q: with them it cannot be served (%s), so it serves its own backends", svc.Name, strings.Join(msgs, "; "))})
+		}
+		eff, errs = svc, nil
+		m.blocked[path] = true
 	}
-	for _, d := range docs {
-		delete(m.contribErrs, d.File)
+	if errs != nil {
+		return errs
 	}
-	out, errs := servicefile.Merge(svc, docs)
-	for _, e := range errs {
-		m.contribErrs[e.File] = append(m.contribErrs[e.File], e)
+	m.accepted[path], m.effective[path], m.stale[path] = svc, eff, stale
+	if len(merrs) > 0 {
+		m.mergeErrs[path] = merrs
 	}
-	return out
+	return nil
 }
 
 // resort takes the services named in gone out of the sorted list and puts
@@ -392,7 +407,7 @@ func (m *model) snapshot(dir string, files map[string]*fileState) *Snapshot {
 	for _, es := range m.clash {
 		s.Errors = append(s.Errors, es...)
 	}
-	for _, es := range m.contribErrs {
+	for _, es := range m.mergeErrs {
 		s.Errors = append(s.Errors, es...)
 	}
 	for p, doc := range m.contrib {

@@ -98,6 +98,16 @@ func TestMergeRules(t *testing.T) {
 	if !slices.Equal(addrs(got), []string{"fd00::1"}) || len(errs) != 1 || !strings.Contains(errs[0].Msg, "cannot serve the UDP ports of the IPv6 VIP") {
 		t.Errorf("UDP over IPv6: %v, %v", addrs(got), errs)
 	}
+	// UDP with a derived VIP and no backends of its own: IPv4 alone, so
+	// IPv4 backends can join.
+	bare := mustParse(t, "bare.yaml", "name: dns\nports: [53/udp, 53/tcp]\nbackends: []\n")
+	if len(bare.Families) != 1 || bare.Families[0] != IPv4 {
+		t.Errorf("UDP without backends: families %v, want IPv4", bare.Families)
+	}
+	doc = mustParse(t, "d.yaml", "backends_for: dns\nbackends: [10.0.0.1]\n")
+	if got, errs := Merge(bare, []Contribution{{"d.yaml", doc}}); !slices.Equal(addrs(got), []string{"10.0.0.1"}) || len(errs) != 0 {
+		t.Errorf("UDP without backends, an IPv4 document: %v, %v", addrs(got), errs)
+	}
 	// local_name: a backend port serving two service ports cannot be told
 	// apart.
 	ln := mustParse(t, "ln.yaml", "name: ln\nvip: 198.18.0.2\nports: [80, 81]\nlocal_name: true\nbackends: []\n")

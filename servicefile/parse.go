@@ -752,6 +752,14 @@ func (p *parser) families(s *Service, backendsKey *yaml.Node) {
 		has4 = has4 || FamilyOf(b.Addr) == IPv4
 		has6 = has6 || FamilyOf(b.Addr) == IPv6
 	}
+	if len(s.Backends) == 0 && hasUDP {
+		// No backend of its own (backends documents bring them): with
+		// both families, UDP would refuse every backend (IPv6 ones cannot
+		// serve the IPv4 VIP, IPv4 ones the IPv6 VIP), so the VIP is
+		// derived in IPv4 alone, as if its backends were IPv4. A service
+		// for IPv6 backends sets its vip.
+		has4 = true
+	}
 	if !has6 {
 		s.Families = append(s.Families, IPv4)
 	}

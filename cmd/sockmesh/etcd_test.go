@@ -194,3 +194,45 @@ func TestRegistryPutRefusesDisplacing(t *testing.T) {
 		t.Errorf("zed was written:\n%s", out)
 	}
 }
+
+// registry put of backends documents: one for a service not there yet is
+// written with a warning; one that would take another service off (its
+// backend claims a getsockname address that service holds) or repeats a
+// backend is refused, nothing written.
+func TestRegistryPutBackendsDocuments(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	etcd := etcdtest.Start(t)
+	reg := []string{"--registry", "etcd://" + etcd.Endpoint + "/sockmesh/services/", "--host", "h1"}
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	out, errOut, code := sockmesh(t, append([]string{"registry", "put", write("early.yaml", "backends_for: later\nbackends: [127.0.0.1:9]\n")}, reg...)...)
+	if code != 0 || !strings.Contains(out, "later/backends/h1/early") || !strings.Contains(errOut, `warning: `) || !strings.Contains(errOut, `no service "later" is served`) {
+		t.Errorf("put of a document for a service not there: exit %d: %q %q", code, out, errOut)
+	}
+	for _, svc := range []string{
+		"name: s1\nvip: 198.18.0.5\nports: [80]\nlocal_name: true\nbackends: [127.0.0.1:1]\n",
+		"name: s2\nvip: 198.18.0.6\nports: [80]\nlocal_name: true\nbackends: [127.0.0.2:1]\n",
+	} {
+		if _, errOut, code := sockmesh(t, append([]string{"registry", "put", write("svc.yaml", svc)}, reg...)...); code != 0 {
+			t.Fatalf("put: %s", errOut)
+		}
+	}
+	takes := write("takes.yaml", "backends_for: s1\nbackends: [127.0.0.2:1]\n")
+	if _, errOut, code := sockmesh(t, append([]string{"registry", "put", takes}, reg...)...); code == 0 || !strings.Contains(errOut, takes+`: would take service "s2"`) {
+		t.Errorf("put of a document taking s2 off: exit %d: %q", code, errOut)
+	}
+	dup := write("dup.yaml", "backends_for: s1\nbackends: [127.0.0.1:1]\n")
+	if _, errOut, code := sockmesh(t, append([]string{"registry", "put", dup}, reg...)...); code == 0 || !strings.Contains(errOut, dup+":2:12: backends[0]: 127.0.0.1:1 is already a backend") {
+		t.Errorf("put of a document repeating a backend: exit %d: %q", code, errOut)
+	}
+	if out, _, _ := sockmesh(t, append([]string{"registry", "list"}, reg...)...); strings.Contains(out, "takes") || strings.Contains(out, "dup") {
+		t.Errorf("a refused document was written:\n%s", out)
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -86,12 +88,20 @@ func publishDir(ctx context.Context, dir string, cfg etcdsource.Config, ttl time
 			good[path] = svc
 		}
 		docs := map[string][]byte{}
-		for path, svc := range good {
+		from := map[string]string{} // key -> file
+		for _, path := range slices.Sorted(maps.Keys(good)) {
+			svc := good[path]
 			if !seen[path] {
 				delete(good, path)
 				continue
 			}
-			docs[docKey(svc, host, path)] = svc.Source
+			key := docKey(svc, host, path)
+			if other, dup := from[key]; dup {
+				log.Warn("publish: two files for one key; only the first is published", "key", key, "published", other, "left out", path)
+				continue
+			}
+			from[key] = path
+			docs[key] = svc.Source
 		}
 		p.Set(docs)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -122,7 +123,7 @@ holds one service, named after it.`,
 			if err != nil {
 				return err
 			}
-			if err := checkAgainst(cfg.URL(), args[0], data, key, docs, rg); err != nil {
+			if err := checkAgainst(cfg.URL(), args[0], data, svc, key, docs, rg, cmd.ErrOrStderr()); err != nil {
 				return err
 			}
 			// Written only if nothing under the prefix changed since the
@@ -221,8 +222,11 @@ holds one service, named after it.`,
 // the document under the same key replaced. It refuses the file's own
 // errors, what the whole set no longer fits (capacity), and a derived
 // VIP of a service already there that the new file would take away (that
-// service would move to another address on every host).
-func checkAgainst(source, file string, data []byte, key string, docs []etcdsource.Doc, rg registry.Ranges) error {
+// service would move to another address on every host), and a service
+// there that it would take off. A backends document for a service not
+// served (yet) is written with a warning to warn: daemons hold it until
+// the service comes.
+func checkAgainst(source, file string, data []byte, svc *servicefile.Service, key string, docs []etcdsource.Doc, rg registry.Ranges, warn io.Writer) error {
 	dir, err := os.MkdirTemp("", "sockmesh-registry-check-")
 	if err != nil {
 		return fmt.Errorf("check against the registry: %w", err)
@@ -261,9 +265,24 @@ func checkAgainst(source, file string, data []byte, key string, docs []etcdsourc
 	}
 	var errs []string
 	for _, e := range after.Errors {
-		if e.File == mine || e.File == dir {
+		switch {
+		case e.File == mine && svc.BackendsOnly && e.Field == "backends_for":
+			fmt.Fprintf(warn, "warning: %s\n", rename(e.Error()))
+		case e.File == mine || e.File == dir:
 			errs = append(errs, rename(e.Error()))
 		}
+	}
+	for _, was := range before.Services {
+		if _, ok := after.Lookup(was.Name); ok {
+			continue
+		}
+		why := ""
+		for _, e := range after.Errors {
+			if e.File == was.File {
+				why += "; " + rename(e.Error())
+			}
+		}
+		errs = append(errs, fmt.Sprintf("%s: would take service %q (%s) off every host%s", file, was.Name, rename(was.File), why))
 	}
 	known := map[string]bool{}
 	for _, c := range before.Collisions {
