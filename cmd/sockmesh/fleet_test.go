@@ -137,7 +137,8 @@ func (h *fleetHost) serve(t *testing.T, addr string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	// 15 s: a loaded machine (other tests, CI) can be slow to start it.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if out, err := exec.Command("nsenter", "--net="+h.netns, "curl", "-sS", "--max-time", "1", "http://"+addr+"/").Output(); err == nil && strings.Contains(string(out), addr) {
 			return
 		}
