@@ -112,6 +112,15 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 	for p := range m.blocked {
 		affected[p] = true
 	}
+	for _, p := range paths {
+		if f := files[p]; f != nil {
+			for _, svc := range []*servicefile.Service{f.cur, f.live} {
+				for _, hp := range m.claimedByDocs(p, svc) {
+					affected[hp] = true
+				}
+			}
+		}
+	}
 	order := slices.Sorted(maps.Keys(affected))
 	removed := map[string]*servicefile.Service{}
 	for _, p := range order {
@@ -146,6 +155,11 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 				m.keep(p, f.live, true)
 			}
 			continue
+		}
+	}
+	for _, p := range order {
+		if svc := m.accepted[p]; svc != nil {
+			m.addBackendsDocs(p, svc)
 		}
 	}
 
@@ -338,17 +352,35 @@ func (m *model) backendsDocs(name string) []servicefile.Contribution {
 	return docs
 }
 
-// accept takes svc at path into the served set, with the backends of its
-// backends documents, and returns why it cannot join (nil if it can). If
-// only the documents' backends keep it out (a local_name address another
-// service claims, capacity), it joins with its own backends, the
-// documents are reported as left out, and it is looked at again next
-// time.
+// accept takes svc at path, with its own backends, into the served set
+// and returns why it cannot join (nil if it can).
 func (m *model) accept(path string, svc *servicefile.Service, stale bool) []*servicefile.Error {
+	if errs := m.asm.check(path, svc); errs != nil {
+		return errs
+	}
+	m.accepted[path], m.effective[path], m.stale[path] = svc, svc, stale
+	return nil
+}
+
+// addBackendsDocs adds the backends of its backends documents to the
+// service accepted at path. It runs once every service has taken its own
+// backends, so a document's backend never keeps another service's own
+// out, whatever the order of changes. If the documents' backends do not
+// fit (a getsockname address another service holds, capacity), the
+// service keeps its own, the documents are reported as left out, and it
+// is looked at again next time.
+func (m *model) addBackendsDocs(path string, svc *servicefile.Service) {
 	docs := m.backendsDocs(svc.Name)
+	if len(docs) == 0 {
+		return
+	}
 	eff, merrs := servicefile.Merge(svc, docs)
-	errs := m.asm.check(path, eff)
-	if errs != nil && eff != svc && m.asm.check(path, svc) == nil {
+	m.asm.remove(svc)
+	if errs := m.asm.check(path, eff); errs != nil {
+		if again := m.asm.check(path, svc); again != nil {
+			// It held these a moment ago: cannot happen.
+			panic(fmt.Sprintf("registry: service %s no longer fits after its backends documents were left out: %v", path, again))
+		}
 		msgs := make([]string, len(errs))
 		for i, e := range errs {
 			msgs[i] = e.Msg
@@ -358,17 +390,36 @@ func (m *model) accept(path string, svc *servicefile.Service, stale bool) []*ser
 			merrs = append(merrs, &servicefile.Error{File: d.File, Pos: d.Doc.NamePos, Field: "backends",
 				Msg: fmt.Sprintf("left out, with every backends document of service %q: with them it cannot be served (%s), so it serves its own backends", svc.Name, strings.Join(msgs, "; "))})
 		}
-		eff, errs = svc, nil
+		eff = svc
 		m.blocked[path] = true
 	}
-	if errs != nil {
-		return errs
-	}
-	m.accepted[path], m.effective[path], m.stale[path] = svc, eff, stale
+	m.effective[path] = eff
 	if len(merrs) > 0 {
 		m.mergeErrs[path] = merrs
 	}
-	return nil
+}
+
+// claimedByDocs lists the paths of services holding, through a backends
+// document's backend, a getsockname address that svc's own backends
+// claim: looked at again with svc, they give way to it.
+func (m *model) claimedByDocs(path string, svc *servicefile.Service) []string {
+	if svc == nil || svc.BackendsOnly || !svc.LocalName {
+		return nil
+	}
+	var out []string
+	for _, pt := range svc.Ports {
+		for _, b := range svc.Backends {
+			lk := localKey{netip.AddrPortFrom(b.Addr, b.TargetPort(pt)), pt.Proto}
+			hp, ok := m.asm.names[m.asm.locals[lk]]
+			if !ok || hp == path {
+				continue
+			}
+			if slices.ContainsFunc(m.effective[hp].Backends, func(x servicefile.Backend) bool { return x.From != "" && x.Addr == b.Addr }) {
+				out = append(out, hp)
+			}
+		}
+	}
+	return out
 }
 
 // resort takes the services named in gone out of the sorted list and puts

@@ -187,3 +187,45 @@ func TestModelBackendsDocsErrors(t *testing.T) {
 		}
 	})
 }
+
+// Services whose own backends claim getsockname addresses (local_name),
+// and backends documents whose backends may claim the same addresses:
+// a service's own backends always win over documents', so after every
+// step of a random history the same services are served as by a model
+// built from scratch.
+func TestModelOwnBackendsWinOverDocuments(t *testing.T) {
+	for seed := range uint64(100) {
+		rng := rand.New(rand.NewPCG(seed, 11))
+		r := newModelRun(t)
+		var hist []string
+		for step := range 40 {
+			changes := map[string]string{}
+			for range 1 + rng.IntN(2) {
+				i := rng.IntN(10)
+				p := fmt.Sprintf("f%02d.yaml", i)
+				switch {
+				case rng.IntN(4) == 0:
+					changes[p] = ""
+				case i < 5:
+					changes[p] = fmt.Sprintf("name: s%d\nvip: 198.18.0.%d\nports: [80]\nlocal_name: true\nbackends: [10.0.1.%d:80]\n", i, i+1, i)
+				default:
+					changes[p] = fmt.Sprintf("backends_for: s%d\nbackends: [10.0.1.%d:80]\n", rng.IntN(5), rng.IntN(10))
+				}
+				hist = append(hist, fmt.Sprintf("%d: %s <- %q", step, p, changes[p]))
+			}
+			s := r.step(changes)
+			full := newModel(r.m.ranges, testLimits())
+			full.update(r.files, slices.Collect(maps.Keys(r.files)))
+			var got, want []string
+			for _, sv := range s.Services {
+				got = append(got, fmt.Sprintf("%s %s", sv.Name, sv.Backends[0].Name()))
+			}
+			for _, sv := range full.snapshot("", r.files).Services {
+				want = append(want, fmt.Sprintf("%s %s", sv.Name, sv.Backends[0].Name()))
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("seed %d step %d: incremental serves %v, a full rebuild %v\nhistory:\n%s", seed, step, got, want, strings.Join(hist, "\n"))
+			}
+		}
+	}
+}

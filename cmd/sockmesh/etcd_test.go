@@ -196,9 +196,9 @@ func TestRegistryPutRefusesDisplacing(t *testing.T) {
 }
 
 // registry put of backends documents: one for a service not there yet is
-// written with a warning; one that would take another service off (its
-// backend claims a getsockname address that service holds) or repeats a
-// backend is refused, nothing written.
+// written with a warning; one whose backend claims a getsockname address
+// another service's own backend holds, or repeats a backend, is refused,
+// nothing written; a service put again beside such a document is not.
 func TestRegistryPutBackendsDocuments(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	etcd := etcdtest.Start(t)
@@ -225,8 +225,8 @@ func TestRegistryPutBackendsDocuments(t *testing.T) {
 		}
 	}
 	takes := write("takes.yaml", "backends_for: s1\nbackends: [127.0.0.2:1]\n")
-	if _, errOut, code := sockmesh(t, append([]string{"registry", "put", takes}, reg...)...); code == 0 || !strings.Contains(errOut, takes+`: would take service "s2"`) {
-		t.Errorf("put of a document taking s2 off: exit %d: %q", code, errOut)
+	if _, errOut, code := sockmesh(t, append([]string{"registry", "put", takes}, reg...)...); code == 0 || !strings.Contains(errOut, takes+`:1:15: backends: left out`) || !strings.Contains(errOut, `already reports service "s2" to getsockname`) {
+		t.Errorf("put of a document that cannot join (s2 holds the address): exit %d: %q", code, errOut)
 	}
 	dup := write("dup.yaml", "backends_for: s1\nbackends: [127.0.0.1:1]\n")
 	if _, errOut, code := sockmesh(t, append([]string{"registry", "put", dup}, reg...)...); code == 0 || !strings.Contains(errOut, dup+":2:12: backends[0]: 127.0.0.1:1 is already a backend") {
@@ -234,5 +234,16 @@ func TestRegistryPutBackendsDocuments(t *testing.T) {
 	}
 	if out, _, _ := sockmesh(t, append([]string{"registry", "list"}, reg...)...); strings.Contains(out, "takes") || strings.Contains(out, "dup") {
 		t.Errorf("a refused document was written:\n%s", out)
+	}
+	// The document written anyway (by etcdctl, say): s2, whose own
+	// backend wins, can still be put again.
+	c := etcd.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Put(ctx, "/sockmesh/services/s1/backends/h2/takes", "backends_for: s1\nbackends: [127.0.0.2:1]\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := sockmesh(t, append([]string{"registry", "put", write("s2.yaml", "name: s2\nvip: 198.18.0.6\nports: [80]\nlocal_name: true\npolicy: round-robin\nbackends: [127.0.0.2:1]\n")}, reg...)...); code != 0 {
+		t.Errorf("put of s2 again beside a document claiming its address: %s", errOut)
 	}
 }
