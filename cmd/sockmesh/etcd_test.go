@@ -246,4 +246,8 @@ func TestRegistryPutBackendsDocuments(t *testing.T) {
 	if _, errOut, code := sockmesh(t, append([]string{"registry", "put", write("s2.yaml", "name: s2\nvip: 198.18.0.6\nports: [80]\nlocal_name: true\npolicy: round-robin\nbackends: [127.0.0.2:1]\n")}, reg...)...); code != 0 {
 		t.Errorf("put of s2 again beside a document claiming its address: %s", errOut)
 	}
+	// Deleting s1 says its backends documents stay.
+	if _, errOut, code := sockmesh(t, append([]string{"registry", "delete", "s1"}, reg...)...); code != 0 || !strings.Contains(errOut, "warning: 1 backends documents for s1 stay") {
+		t.Errorf("delete s1: exit %d: %q", code, errOut)
+	}
 }

@@ -172,6 +172,12 @@ holds one service, named after it.`,
 				return fmt.Errorf("delete %s: no such service in %s", args[0], cfg.URL())
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "deleted %s\n", registry.DocPath(cfg.URL(), args[0]))
+			// Hosts' backends documents for it stay (under their leases,
+			// or until deleted): they wait for a service of that name.
+			docs, _, err := etcdsource.List(ctx, c, cfg.Prefix+args[0]+"/backends/")
+			if err == nil && len(docs) > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d backends documents for %s stay under %s, waiting for a service of that name\n", len(docs), args[0], registry.DocPath(cfg.URL(), args[0]+"/backends/"))
+			}
 			return nil
 		}),
 	}
