@@ -247,7 +247,7 @@ func TestRegistryPutBackendsDocuments(t *testing.T) {
 		t.Errorf("put of s2 again beside a document claiming its address: %s", errOut)
 	}
 	// Deleting s1 says its backends documents stay.
-	if _, errOut, code := sockmesh(t, append([]string{"registry", "delete", "s1"}, reg...)...); code != 0 || !strings.Contains(errOut, "warning: 1 backends documents for s1 stay") {
+	if _, errOut, code := sockmesh(t, append([]string{"registry", "delete", "s1"}, reg[:2]...)...); code != 0 || !strings.Contains(errOut, "warning: 1 backends documents for s1 stay") {
 		t.Errorf("delete s1: exit %d: %q", code, errOut)
 	}
 }
