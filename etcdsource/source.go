@@ -432,6 +432,8 @@ func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo *catchU
 			if skip > 0 {
 				events = slices.DeleteFunc(slices.Clone(events), func(ev *clientv3.Event) bool { return ev.Kv.ModRevision <= skip })
 			}
+			// The key set moves on with the update: a send fails only
+			// when ctx ends, and then this state goes with Run.
 			var through int64
 			for _, ev := range events {
 				through = max(through, ev.Kv.ModRevision)
@@ -442,23 +444,15 @@ func (st *runState) follow(ctx context.Context, c *clientv3.Client, upTo *catchU
 				switch ev.Type {
 				case mvccpb.PUT:
 					u.Docs[key] = value(ev.Kv.Value)
+					st.keys[key] = ev.Kv.ModRevision
 				case mvccpb.DELETE:
 					u.Docs[key] = nil
+					delete(st.keys, key)
 				}
 			}
 			if len(u.Docs) > 0 {
 				if err := st.send(ctx, u); err != nil {
 					return err
-				}
-			}
-			for _, ev := range events {
-				key := strings.TrimPrefix(string(ev.Kv.Key), st.cfg.Prefix)
-				switch {
-				case key == "":
-				case ev.Type == mvccpb.PUT:
-					st.keys[key] = ev.Kv.ModRevision
-				default:
-					delete(st.keys, key)
 				}
 			}
 			// Only events move the registry's revision on: a response's

@@ -100,19 +100,14 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 	for _, p := range paths {
 		affected[p] = true
 	}
-	// A backends document changed is a change of the service it names
-	// (the one it named before, too).
 	for _, p := range paths {
+		// A backends document changed is a change of the service it
+		// names (the one it named before, too).
 		for _, name := range m.takeBackendsDoc(p, files[p]) {
 			if sp, ok := m.asm.names[name]; ok {
 				affected[sp] = true
 			}
 		}
-	}
-	for p := range m.blocked {
-		affected[p] = true
-	}
-	for _, p := range paths {
 		if f := files[p]; f != nil {
 			for _, svc := range []*servicefile.Service{f.cur, f.live} {
 				for _, hp := range m.claimedByDocs(p, svc) {
@@ -120,6 +115,9 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 				}
 			}
 		}
+	}
+	for p := range m.blocked {
+		affected[p] = true
 	}
 	order := slices.Sorted(maps.Keys(affected))
 	removed := map[string]*servicefile.Service{}
@@ -154,7 +152,6 @@ func (m *model) update(files map[string]*fileState, paths []string) delta {
 			if f.live != nil && !f.live.BackendsOnly {
 				m.keep(p, f.live, true)
 			}
-			continue
 		}
 	}
 	for _, p := range order {
