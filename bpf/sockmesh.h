@@ -678,7 +678,10 @@ static __always_inline int translate_forward(struct bpf_sock_addr *ctx, int v6,
 	policy = (flags & SVC_F_POLICY_MASK) >> SVC_F_POLICY_SHIFT;
 	if (policy == POLICY_MAGLEV || (flags & SVC_F_AFFINITY))
 		client = client_id(ctx, flags);
-	if (policy == POLICY_ROUND_ROBIN || (flags & SVC_F_AFFINITY))
+	/* The round-robin ticket is taken on connect only: sendmsg's
+	 * datagrams keep their socket's backend (below) and skip the lookup. */
+	if ((policy == POLICY_ROUND_ROBIN && hook == HOOK_CONNECT) ||
+	    (flags & SVC_F_AFFINITY))
 		opts = bpf_map_lookup_elem(&sm_svc_opts, &svc_id);
 	if ((flags & SVC_F_AFFINITY) && opts &&
 	    affinity_lookup(svc_id, client, opts->affinity_ns, &be,
