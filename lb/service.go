@@ -344,13 +344,7 @@ func reducedWeights(backends []Backend) []uint32 {
 // their weights after dividing them by their greatest common divisor.
 func SlotCount(backends []Backend) int { return slotCount(backends) }
 
-func slotCount(backends []Backend) int {
-	n := 0
-	for _, w := range reducedWeights(backends) {
-		n += int(w)
-	}
-	return n
-}
+func slotCount(backends []Backend) int { return sumWeights(reducedWeights(backends)) }
 
 func gcd(a, b uint32) uint32 {
 	for b != 0 {
@@ -377,12 +371,6 @@ func (s Service) canonical() Service {
 	}
 	slices.SortFunc(out.Backends, func(a, b Backend) int { return a.Addr.Compare(b.Addr) })
 	return out
-}
-
-func (s Service) equal(o Service) bool {
-	return s.Key == o.Key && s.LocalName == o.LocalName && s.Policy == o.Policy &&
-		s.Client == o.Client && s.MaglevTable == o.MaglevTable && s.Affinity == o.Affinity &&
-		s.CloseConnections == o.CloseConnections && slices.Equal(s.Backends, o.Backends)
 }
 
 type localNameKey struct {

@@ -403,14 +403,20 @@ func flagsOf(s Service) uint32 {
 	return flags
 }
 
-// serves reports whether the maps already do what s with slot set lay
-// asks: same flags, same backend in every slot, same options.
-func (w *writer) serves(ms *mirrorService, s Service, lay []netip.AddrPort) bool {
-	if ms == nil || !ms.hasMaster || ms.master.Flags != flagsOf(s) || int(ms.master.Count) != len(lay) {
-		return false
+// servedSlots is the slot set a service's maps serve now (see
+// liveSlots); false without a master, or when one is half-written.
+func (w *writer) servedSlots(ms *mirrorService) ([]netip.AddrPort, bool) {
+	if ms == nil || !ms.hasMaster {
+		return nil, false
 	}
-	slots, ok := w.liveSlots(ms)
-	if !ok || !slices.Equal(slots, lay) {
+	return w.liveSlots(ms)
+}
+
+// serves reports whether the maps already do what s with slot set lay
+// asks: same flags, same backend in every slot, same options. slots and
+// ok are what servedSlots said of ms.
+func (w *writer) serves(ms *mirrorService, s Service, lay, slots []netip.AddrPort, ok bool) bool {
+	if !ok || ms.master.Flags != flagsOf(s) || !slices.Equal(slots, lay) {
 		return false
 	}
 	aff, has := w.opts[ms.master.Id]
@@ -487,7 +493,8 @@ func (w *writer) write(st *ApplyStats, gone []svcKey, ds []Service) []error {
 		if ms == nil || !ms.hasMaster {
 			continue
 		}
-		before := w.before(k, ms)
+		slots, _ := w.servedSlots(ms)
+		before := w.before(k, slots)
 		id := ms.master.Id
 		if err := w.deleteSlot(k); err != nil {
 			errs = append(errs, err)
@@ -508,16 +515,15 @@ func (w *writer) write(st *ApplyStats, gone []svcKey, ds []Service) []error {
 		mk := masterKey(s.Key)
 		ms := w.services[mk]
 		lay := layout(s)
-		before := w.before(mk, ms)
-		switch {
-		case w.serves(ms, s, lay):
+		slots, ok := w.servedSlots(ms)
+		before := w.before(mk, slots)
+		if w.serves(ms, s, lay, slots, ok) {
 			// The slots stay; a draining backend may still go.
 			st.Unchanged++
-		case ms != nil && ms.hasMaster:
-			st.Updated++
-			fallthrough
-		default:
-			if ms == nil || !ms.hasMaster {
+		} else {
+			if ms != nil && ms.hasMaster {
+				st.Updated++
+			} else {
 				st.Added++
 			}
 			flipped, err := w.applyService(s, lay)
@@ -536,15 +542,10 @@ func (w *writer) write(st *ApplyStats, gone []svcKey, ds []Service) []error {
 }
 
 // before is what took or kept connections of a service before this
-// write: its slotted backends and the backends not down in the version
-// last applied.
-func (w *writer) before(mk svcKey, ms *mirrorService) []netip.AddrPort {
-	out := slices.Clone(w.kept[mk])
-	if ms != nil && ms.hasMaster {
-		slots, _ := w.liveSlots(ms)
-		out = append(out, slots...)
-	}
-	return out
+// write: its live slots and the backends not down in the version last
+// applied.
+func (w *writer) before(mk svcKey, slots []netip.AddrPort) []netip.AddrPort {
+	return append(slices.Clone(w.kept[mk]), slots...)
 }
 
 func notDown(bs []Backend) []netip.AddrPort {

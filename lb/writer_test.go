@@ -440,3 +440,11 @@ func TestWeightsReduced(t *testing.T) {
 		t.Errorf("weights 2,4 and 1,2 should serve alike: %+v vs %+v", a, b)
 	}
 }
+
+// equal compares two services field by field (the writer compares what
+// the maps serve instead: serves).
+func (s Service) equal(o Service) bool {
+	return s.Key == o.Key && s.LocalName == o.LocalName && s.Policy == o.Policy &&
+		s.Client == o.Client && s.MaglevTable == o.MaglevTable && s.Affinity == o.Affinity &&
+		s.CloseConnections == o.CloseConnections && slices.Equal(s.Backends, o.Backends)
+}
