@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"sockmesh/health"
 	"sockmesh/internal/sockdiag"
 	"sockmesh/lb"
@@ -86,25 +84,41 @@ func (c *socketCloser) close() {
 }
 
 func (c *socketCloser) closeSockets(gone []lb.GoneBackend) {
+	// What may be closed: connected UDP sockets always, TCP ones when
+	// their service says close_connections. Only those are listed.
 	byRemote := map[netip.AddrPort][]lb.GoneBackend{}
+	listed := map[sockdiag.Target]bool{}
 	var targets []sockdiag.Target
 	for _, g := range gone {
-		if len(byRemote[g.Backend]) == 0 {
-			targets = append(targets, sockdiag.Target{Remote: g.Backend, Proto: unix.IPPROTO_UDP}, sockdiag.Target{Remote: g.Backend, Proto: unix.IPPROTO_TCP})
+		if g.Service.Proto != lb.UDP && !g.CloseConnections {
+			continue
+		}
+		if t := (sockdiag.Target{Remote: g.Backend, Proto: uint8(g.Service.Proto)}); !listed[t] {
+			listed[t] = true
+			targets = append(targets, t)
 		}
 		byRemote[g.Backend] = append(byRemote[g.Backend], g)
+	}
+	if len(targets) == 0 {
+		return
 	}
 	var closed []string
 	match := func(s sockdiag.Socket) bool {
 		remote := netip.AddrPortFrom(s.Remote.Addr().Unmap(), s.Remote.Port())
+		var candidates []lb.GoneBackend
+		for _, g := range byRemote[remote] {
+			if uint8(g.Service.Proto) == s.Proto {
+				candidates = append(candidates, g)
+			}
+		}
+		if len(candidates) == 0 {
+			return false
+		}
 		via, ok := c.dp.ConnectedVia(s.Cookie, remote)
 		if !ok {
 			return false
 		}
-		for _, g := range byRemote[remote] {
-			if uint8(g.Service.Proto) != s.Proto || (s.Proto == unix.IPPROTO_TCP && !g.CloseConnections) {
-				continue
-			}
+		for _, g := range candidates {
 			if via.VIP.Unmap() == g.Service.VIP.Unmap() && via.Port == g.Service.Port && via.Proto == g.Service.Proto {
 				closed = append(closed, lb.Proto(s.Proto).String()+" "+s.Local.String()+"->"+remote.String())
 				return true
