@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -133,10 +132,9 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 		name, file string
 		stale      bool
 		svc        lb.Service // as the daemon applied it, all backends
-		// health is each backend's check, by its address for this key;
-		// from the backends document each came from, if any.
-		health map[netip.AddrPort]*healthJSON
-		from   map[netip.AddrPort]string
+		// backends are the file's, in svc.Backends' order (LBServices
+		// keeps it): for each one's check and document.
+		backends []servicefile.Backend
 	}
 	names := map[lb.ServiceKey]name{}
 	checks := map[string]map[string]*healthJSON{} // service -> backend name
@@ -162,13 +160,7 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 				return h != nil && h.State == "down"
 			}
 			for _, ls := range svc.LBServices(sv.VIPs, down) {
-				n := name{sv.Name, sv.File, sv.Stale, ls, map[netip.AddrPort]*healthJSON{}, map[netip.AddrPort]string{}}
-				for i, b := range svc.Backends {
-					// LBServices keeps the file's backend order.
-					n.health[ls.Backends[i].Addr] = checks[sv.Name][b.Name()]
-					n.from[ls.Backends[i].Addr] = b.From
-				}
-				names[normalizeKey(ls.Key)] = n
+				names[normalizeKey(ls.Key)] = name{sv.Name, sv.File, sv.Stale, ls, svc.Backends}
 			}
 		}
 	}
@@ -202,8 +194,12 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 			VIP: s.Key.VIP.String(), Port: s.Key.Port, Protocol: s.Key.Proto.String(),
 			Connections: c.Translations, Refused: c.Refused, Backends: []backendStatus{},
 		}
-		for _, b := range s.Backends {
-			bs := backendStatus{Address: b.Addr.String(), Weight: max(b.Weight, 1), State: b.State.String(), Health: n.health[b.Addr], From: n.from[b.Addr]}
+		for i, b := range s.Backends {
+			bs := backendStatus{Address: b.Addr.String(), Weight: max(b.Weight, 1), State: b.State.String()}
+			if named {
+				fb := n.backends[i]
+				bs.Health, bs.From = checks[n.name][fb.Name()], fb.From
+			}
 			for _, bc := range c.Backends {
 				if bc.Addr == b.Addr {
 					bs.Connections = bc.Translations
