@@ -728,14 +728,21 @@ func (r *Registry) takeDocs(u DocUpdate) bool {
 	if u.Revision > st.Revision {
 		st.Revision = u.Revision
 	}
+	// st.Docs follows the source's files: recounted on a full list,
+	// moved by one as documents come and go.
 	if u.Full {
+		st.Docs = 0
 		for path, f := range r.files {
-			key := strings.TrimPrefix(path, u.Source+"/")
-			if f.source == u.Source && u.Docs[key] == nil {
+			if f.source != u.Source {
+				continue
+			}
+			if u.Docs[strings.TrimPrefix(path, u.Source+"/")] == nil {
 				delete(r.files, path)
 				r.pending[path] = true
 				changed = true
+				continue
 			}
+			st.Docs++
 		}
 	}
 	for key, data := range u.Docs {
@@ -746,6 +753,7 @@ func (r *Registry) takeDocs(u DocUpdate) bool {
 				delete(r.files, path)
 				r.pending[path] = true
 				changed = true
+				st.Docs--
 			}
 			continue
 		}
@@ -764,18 +772,12 @@ func (r *Registry) takeDocs(u DocUpdate) bool {
 		if f == nil {
 			f = &fileState{source: u.Source}
 			r.files[path] = f
+			st.Docs++
 		}
 		f.data, f.cur, f.errs = bytes.Clone(data), svc, errs
 		r.pending[path] = true
 		changed = true
 	}
-	n := 0
-	for _, f := range r.files {
-		if f.source == u.Source {
-			n++
-		}
-	}
-	st.Docs = n
 	return changed
 }
 
@@ -797,6 +799,7 @@ func (r *Registry) seedSources() {
 			// broken version listed later keeps this one.
 			r.files[path] = &fileState{source: name, data: bytes.Clone(src), cur: svc, live: svc}
 			r.pending[path] = true
+			r.sources[name].Docs++
 			delete(r.opts.LastGood, path)
 		}
 	}

@@ -97,6 +97,14 @@ func TestSourceDocuments(t *testing.T) {
 	if got := backendsOf(s, "web"); !slices.Equal(got, []string{"127.0.0.1:1"}) {
 		t.Errorf("web's backends %v: the directory's file must stay", got)
 	}
+	if st := sourceOf(s, src.name); st.Docs != 3 {
+		t.Errorf("source holds %d documents, want api, web2 and bad", st.Docs)
+	}
+	src.send(DocUpdate{Revision: 7, Docs: map[string][]byte{"web2": nil, "bad": nil}})
+	s = waitFor(t, r, 5*time.Second, "web2 and bad deleted", func(s *Snapshot) bool { return len(s.Errors) == 0 })
+	if st := sourceOf(s, src.name); st.Docs != 1 {
+		t.Errorf("after two deletions the source holds %d documents, want api", st.Docs)
+	}
 
 	// Unreachable: stale, documents kept.
 	src.send(DocUpdate{Health: &SourceHealth{Stale: true, Err: "connection refused", Since: time.Now()}})
@@ -111,7 +119,7 @@ func TestSourceDocuments(t *testing.T) {
 	if got := names(s); !slices.Equal(got, []string{"db", "web"}) {
 		t.Errorf("after the list: %v, want db and web", got)
 	}
-	if st := sourceOf(s, src.name); st.Stale || st.Revision != 9 {
+	if st := sourceOf(s, src.name); st.Stale || st.Revision != 9 || st.Docs != 1 {
 		t.Errorf("source status %+v", st)
 	}
 }
