@@ -444,7 +444,7 @@ func (r *Registry) scanAll(grace bool) bool {
 	onDisk := map[string]bool{}
 	for _, e := range entries {
 		path := filepath.Join(dir, e.Name())
-		if !isServiceFile(e.Name()) {
+		if !IsServiceFile(e.Name()) {
 			r.log.Debug("ignoring a file that is not *.yaml or *.yml", "file", path)
 			continue
 		}
@@ -472,7 +472,7 @@ func sameError(a, b *servicefile.Error) bool {
 // scanFile brings what the registry knows of one file up to date, reading
 // it only when its identity (inode, size, times, owner, mode) changed.
 func (r *Registry) scanFile(path string, grace bool) bool {
-	if filepath.Dir(path) != r.opts.Dir || !isServiceFile(filepath.Base(path)) {
+	if filepath.Dir(path) != r.opts.Dir || !IsServiceFile(filepath.Base(path)) {
 		return false
 	}
 	delete(r.recheck, path)
@@ -504,12 +504,7 @@ func (r *Registry) scanFile(path string, grace bool) bool {
 	var errs []*servicefile.Error
 	if err != nil {
 		errs = []*servicefile.Error{{File: path, Msg: fmt.Sprintf("read: %v", err)}}
-	} else if svc, err = servicefile.Parse(path, data); err != nil {
-		if !errors.As(err, new(servicefile.Errors)) {
-			errs = []*servicefile.Error{{File: path, Msg: err.Error()}}
-		} else {
-			errs = err.(servicefile.Errors)
-		}
+	} else if svc, errs = parse(path, data); errs != nil {
 		// A file being written in place may be caught half-written: give
 		// the writer errorGrace before reporting it.
 		if until := time.Unix(0, id.mtime).Add(errorGrace); grace && time.Now().Before(until) {
@@ -539,6 +534,19 @@ func (r *Registry) dropLastGood() {
 			delete(r.opts.LastGood, path)
 		}
 	}
+}
+
+// parse parses a document, with its errors as the registry keeps them.
+func parse(path string, data []byte) (*servicefile.Service, []*servicefile.Error) {
+	svc, err := servicefile.Parse(path, data)
+	if err == nil {
+		return svc, nil
+	}
+	var es servicefile.Errors
+	if errors.As(err, &es) {
+		return nil, es
+	}
+	return nil, []*servicefile.Error{{File: path, Msg: err.Error()}}
 }
 
 // lastGood is the version a previous run served of a file now in error,
@@ -760,15 +768,7 @@ func (r *Registry) takeDocs(u DocUpdate) bool {
 		if f != nil && f.data != nil && bytes.Equal(f.data, data) {
 			continue
 		}
-		svc, err := servicefile.Parse(path, data)
-		var errs []*servicefile.Error
-		if err != nil {
-			if !errors.As(err, new(servicefile.Errors)) {
-				errs = []*servicefile.Error{{File: path, Msg: err.Error()}}
-			} else {
-				errs = err.(servicefile.Errors)
-			}
-		}
+		svc, errs := parse(path, data)
 		if f == nil {
 			f = &fileState{source: u.Source}
 			r.files[path] = f

@@ -11,10 +11,10 @@ import (
 	"syscall"
 )
 
-// isServiceFile reports whether a directory entry name is a service file:
+// IsServiceFile reports whether a directory entry name is a service file:
 // *.yaml or *.yml, not hidden (editors and config managers write hidden
 // temporary files and rename them into place).
-func isServiceFile(name string) bool {
+func IsServiceFile(name string) bool {
 	if strings.HasPrefix(name, ".") {
 		return false
 	}

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"sockmesh/etcdsource"
+	"sockmesh/registry"
 	"sockmesh/servicefile"
 )
 
@@ -67,7 +68,7 @@ func publishDir(ctx context.Context, dir string, cfg etcdsource.Config, ttl time
 		}
 		seen := map[string]bool{}
 		for _, e := range entries {
-			if !isPublishable(e.Name()) {
+			if !registry.IsServiceFile(e.Name()) {
 				continue
 			}
 			path := filepath.Join(dir, e.Name())
@@ -149,8 +150,4 @@ func hostKey(name string) (string, error) {
 		return "", fmt.Errorf("%q: a host's name in a key has no slashes, spaces or control characters", name)
 	}
 	return name, nil
-}
-
-func isPublishable(name string) bool {
-	return !strings.HasPrefix(name, ".") && (strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml"))
 }
