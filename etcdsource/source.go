@@ -297,8 +297,9 @@ func (st *runState) list(ctx context.Context, c *clientv3.Client) error {
 		return fmt.Errorf("list %s: %w", st.cfg.Prefix, st.explain(r.err, st.listTimeout))
 	}
 	u := registry.DocUpdate{Source: st.name, Full: true, Docs: make(map[string][]byte, len(r.docs)), Revision: r.h.Revision}
+	keys := make(map[string]int64, len(r.docs))
 	for _, d := range r.docs {
-		u.Docs[d.Key] = d.Value
+		u.Docs[d.Key], keys[d.Key] = d.Value, d.ModRevision
 	}
 	if st.stale {
 		st.stale, st.since = false, time.Now()
@@ -307,11 +308,7 @@ func (st *runState) list(ctx context.Context, c *clientv3.Client) error {
 	if err := st.send(ctx, u); err != nil {
 		return err
 	}
-	st.through, st.cluster, st.term = r.h.Revision, r.h.ClusterId, r.h.RaftTerm
-	st.keys = make(map[string]int64, len(r.docs))
-	for _, d := range r.docs {
-		st.keys[d.Key] = d.ModRevision
-	}
+	st.through, st.cluster, st.term, st.keys = r.h.Revision, r.h.ClusterId, r.h.RaftTerm, keys
 	return nil
 }
 
