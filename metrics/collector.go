@@ -6,7 +6,6 @@ package metrics
 
 import (
 	"fmt"
-	"slices"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -221,10 +220,7 @@ func (c *collector) collectRegistry(ch chan<- prometheus.Metric, snap *registry.
 	}
 	for _, sv := range snap.Services {
 		for _, b := range sv.Backends {
-			state := b.State
-			if slices.Contains(sv.HealthDown, b.Name()) {
-				state = lb.Down
-			}
+			state := sv.BackendState(b)
 			for _, s := range []lb.BackendState{lb.Active, lb.Draining, lb.Down} {
 				send(ch, c.backendState, prometheus.GaugeValue, oneIf(state == s), sv.Name, b.Name(), s.String())
 			}

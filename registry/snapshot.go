@@ -40,10 +40,21 @@ type Service struct {
 func (s Service) Datapath() []lb.Service {
 	var down func(string) bool
 	if len(s.HealthDown) > 0 {
-		down = func(b string) bool { return slices.Contains(s.HealthDown, b) }
+		down = s.healthDown
 	}
 	return s.LBServices(s.VIPs, down)
 }
+
+// BackendState is backend b's state as served: the file's, or down when
+// the health checks hold it down.
+func (s Service) BackendState(b servicefile.Backend) lb.BackendState {
+	if s.healthDown(b.Name()) {
+		return lb.Down
+	}
+	return b.State
+}
+
+func (s Service) healthDown(backend string) bool { return slices.Contains(s.HealthDown, backend) }
 
 // Snapshot is an immutable view of the registry: the services being
 // served and every problem found. A new one replaces it after each change.
