@@ -321,7 +321,9 @@ func normalizeAddrPort(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-func normalizeKey(k ServiceKey) ServiceKey {
+// Normalize spells k's VIP as the datapath keys it: a v4-mapped IPv6
+// address as IPv4.
+func (k ServiceKey) Normalize() ServiceKey {
 	k.VIP = k.VIP.Unmap()
 	return k
 }
@@ -357,7 +359,7 @@ func gcd(a, b uint32) uint32 {
 // and weights reduced: two services that behave the same compare equal.
 func (s Service) canonical() Service {
 	out := s
-	out.Key = normalizeKey(s.Key)
+	out.Key = s.Key.Normalize()
 	out.Backends = nil
 	ws := reducedWeights(s.Backends)
 	for i, b := range s.Backends {

@@ -27,7 +27,7 @@ func (w *writer) update(put []Service, remove []ServiceKey) (ApplyStats, error) 
 	}
 	gone := make(map[svcKey]bool, len(remove)+len(ps))
 	for _, k := range remove {
-		gone[masterKey(normalizeKey(k))] = true
+		gone[masterKey(k.Normalize())] = true
 	}
 	for _, s := range ps {
 		if gone[masterKey(s.Key)] {

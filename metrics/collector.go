@@ -242,7 +242,7 @@ func (c *collector) collectDatapath(ch chan<- prometheus.Metric, snap *registry.
 	names := serviceNames(snap)
 	for _, st := range stats {
 		k := st.Key
-		name := names[normalize(k)]
+		name := names[k.Normalize()]
 		vip, port, proto := k.VIP.String(), strconv.Itoa(int(k.Port)), k.Proto.String()
 		send(ch, c.serviceTranslations, prometheus.CounterValue, float64(st.Translations), name, vip, port, proto)
 		send(ch, c.serviceRefused, prometheus.CounterValue, float64(st.Refused), name, vip, port, proto)
@@ -271,7 +271,7 @@ func serviceNames(snap *registry.Snapshot) map[lb.ServiceKey]string {
 	names := make(map[lb.ServiceKey]string)
 	for _, sv := range snap.Services {
 		for _, ls := range sv.LBServices(sv.VIPs, nil) {
-			names[normalize(ls.Key)] = sv.Name
+			names[ls.Key.Normalize()] = sv.Name
 		}
 	}
 	return names
@@ -279,11 +279,6 @@ func serviceNames(snap *registry.Snapshot) map[lb.ServiceKey]string {
 
 // normalize unmaps a v4-mapped VIP, as the datapath does, so keys from
 // the registry and the datapath compare equal.
-func normalize(k lb.ServiceKey) lb.ServiceKey {
-	k.VIP = k.VIP.Unmap()
-	return k
-}
-
 // send builds a const metric and sends it, or sends the error as an
 // invalid metric should the label values be unusable.
 func send(ch chan<- prometheus.Metric, d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {

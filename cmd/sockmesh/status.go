@@ -160,7 +160,7 @@ func readStatus(paths *pathFlags) (*statusReport, error) {
 				return h != nil && h.State == "down"
 			}
 			for _, ls := range svc.LBServices(sv.VIPs, down) {
-				names[normalizeKey(ls.Key)] = name{sv.Name, sv.File, sv.Stale, ls, svc.Backends}
+				names[ls.Key.Normalize()] = name{sv.Name, sv.File, sv.Stale, ls, svc.Backends}
 			}
 		}
 	}
@@ -336,11 +336,6 @@ func readHealth(path string) ([]healthJSON, error) {
 		return nil, fmt.Errorf("read health %s: %w", path, err)
 	}
 	return hs, nil
-}
-
-func normalizeKey(k lb.ServiceKey) lb.ServiceKey {
-	k.VIP = k.VIP.Unmap()
-	return k
 }
 
 func orNone(s string) string {
